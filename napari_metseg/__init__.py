@@ -1,0 +1,33 @@
+"""napari-metseg: brain metastasis segmentation on multi-sequence MRI.
+
+The public Python API is re-exported here and imported lazily, so that napari
+can discover the plugin (and read files) without paying for PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+#: public name -> module that defines it
+_API: dict[str, str] = {
+    "Case": "napari_metseg.case",
+    "Geometry": "napari_metseg.case",
+    "SEQUENCES": "napari_metseg.case",
+    "MetsegError": "napari_metseg.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_metseg' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
