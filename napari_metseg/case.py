@@ -47,13 +47,8 @@ class Geometry:
     source_affine: np.ndarray
 
     def __post_init__(self) -> None:
-        affine = np.asarray(self.affine, dtype=np.float64)
-        source_affine = np.asarray(self.source_affine, dtype=np.float64)
-        for name, value in (("affine", affine), ("source_affine", source_affine)):
-            if value.shape != (4, 4) or not np.all(np.isfinite(value)):
-                raise GeometryError(f"{name} must be a finite 4x4 matrix, got {value!r}")
-            if abs(np.linalg.det(value[:3, :3])) < 1e-9:
-                raise GeometryError(f"{name} is singular (zero voxel size?): {value.tolist()}")
+        affine = _checked_affine(self.affine, "affine")
+        source_affine = _checked_affine(self.source_affine, "source_affine")
         if len(self.shape) != 3 or len(self.source_shape) != 3:
             raise GeometryError(
                 f"a 3D grid is needed, got shape {self.shape} (source {self.source_shape})"
@@ -66,6 +61,7 @@ class Geometry:
     @classmethod
     def from_source(cls, source_shape: tuple[int, ...], source_affine: np.ndarray) -> Geometry:
         """The internal grid of a volume stored with ``source_affine``."""
+        source_affine = _checked_affine(source_affine, "source_affine")
         transform = _source_to_internal(source_affine)
         shape = tuple(int(source_shape[int(axis)]) for axis in np.argsort(transform[:, 0]))
         affine = source_affine @ nib.orientations.inv_ornt_aff(transform, source_shape[:3])
@@ -152,6 +148,15 @@ class Geometry:
             f"shape {self.shape} (slice, row, col), spacing {spacing} mm, "
             f"orientation {''.join(self.axcodes)} (file {''.join(self.source_axcodes)})"
         )
+
+
+def _checked_affine(affine: np.ndarray, name: str) -> np.ndarray:
+    value = np.asarray(affine, dtype=np.float64)
+    if value.shape != (4, 4) or not np.all(np.isfinite(value)):
+        raise GeometryError(f"{name} must be a finite 4x4 matrix, got {value!r}")
+    if abs(np.linalg.det(value[:3, :3])) < 1e-9:
+        raise GeometryError(f"{name} is singular (zero voxel size?): {value.tolist()}")
+    return value
 
 
 def _source_to_internal(source_affine: np.ndarray) -> np.ndarray:
