@@ -1,0 +1,306 @@
+"""Pre-processing of a case into network input (METHOD.md, "Pre-processing").
+
+The method's only normalisation is contrast-limited adaptive histogram
+equalisation (CLAHE) per axial slice and per sequence, after every slice is
+resized to ``size x size``. The network then sees 2.5D stacks: each slice with
+``context`` neighbours on either side, sequence-major on the channel axis.
+
+Steps of :func:`prepare_case`, per present sequence:
+
+1. robust normalisation of the whole volume to ``[0, 1]`` (clip to the 99.5th
+   percentile of nonzero voxels), so one bright artefact cannot squash a slice;
+2. in-plane resize of every slice to ``size x size`` (linear, Gaussian
+   anti-aliasing when shrinking; aspect ratio is not kept, as in the method);
+3. CLAHE of every slice on its own (``skimage.exposure.equalize_adapthist``).
+
+Absent sequences stay exact zeros. The ``n / k`` presence scaling is *not* done
+here: :func:`napari_metseg.model.dropout.apply_presence` is its one
+implementation, shared by training and inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.exposure import equalize_adapthist
+
+from napari_metseg.case import SEQUENCES, Case
+from napari_metseg.errors import GeometryError, ReadError, SequenceError
+
+logger = logging.getLogger(__name__)
+
+#: Percentile (of nonzero voxels) mapped to 1 by the robust normalisation.
+UPPER_PERCENTILE = 99.5
+#: Normalised intensity above which a voxel counts as head tissue.
+TISSUE_LEVEL = 0.05
+#: Fraction of a slice's pixels that must be tissue for the slice to count.
+TISSUE_FRACTION = 1e-3
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a case becomes network input; stored (as a dict) in model files.
+
+    ``size``: every slice is resized to ``size x size`` pixels. ``context``:
+    neighbouring slices on each side, so each sequence contributes
+    ``2 * context + 1`` channels. ``clahe_clip_limit``: skimage's normalised
+    clip limit (0 to 1). ``clahe_kernel_size``: CLAHE contextual region in
+    pixels of the resized slice; ``None`` uses skimage's default, 1/8 of the
+    slice.
+    """
+
+    size: int = 256
+    context: int = 2
+    clahe_clip_limit: float = 0.01
+    clahe_kernel_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {self.size}")
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0 slices, got {self.context}")
+        if not 0.0 <= self.clahe_clip_limit <= 1.0:
+            raise ValueError(f"clahe_clip_limit must lie in [0, 1], got {self.clahe_clip_limit}")
+        if self.clahe_kernel_size is not None and self.clahe_kernel_size < 1:
+            raise ValueError(f"clahe_kernel_size must be >= 1 pixel, got {self.clahe_kernel_size}")
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for the network.
+
+    ``volumes``: float32 ``(n_sequences, n_slices, size, size)``, CLAHE'd in
+    ``[0, 1]``, exact zeros for absent sequences, channel order ``sequences``.
+    ``present``: bool ``(n_sequences,)``. ``native_shape``: ``(slices, rows,
+    cols)`` of the case's reference grid, for :func:`restore_slices`.
+    ``tissue``: bool ``(n_slices,)``, True where some present sequence shows
+    head tissue (the engine may skip the other slices).
+    """
+
+    volumes: np.ndarray
+    sequences: tuple[str, ...]
+    present: np.ndarray
+    native_shape: tuple[int, int, int]
+    tissue: np.ndarray
+    config: PreprocessConfig
+
+
+def prepare_case(
+    case: Case,
+    sequences: Sequence[str] = SEQUENCES,
+    present: Sequence[bool] | Mapping[str, bool] | None = None,
+    config: PreprocessConfig = PreprocessConfig(),
+) -> PreparedCase:
+    """Normalise, resize and CLAHE every sequence of ``case`` the model uses.
+
+    ``sequences`` are the model's sequence names in channel order. ``present``
+    switches sequences off (a bool per name in ``sequences``, or a mapping
+    name -> bool; names left out of a mapping count as present). A sequence
+    the case lacks is absent whatever ``present`` says. Sequences of the case
+    that the model does not use are ignored (and logged).
+
+    Raises :class:`SequenceError` when no sequence is left, or ``present`` does
+    not match ``sequences``; :class:`ReadError` when a used volume holds NaN or
+    infinite voxels.
+    """
+    sequences = tuple(sequences)
+    wanted = _presence(sequences, present)
+    ignored = [name for name in case.sequences if name not in sequences]
+    if ignored:
+        logger.info("case %r: ignoring sequences the model does not use: %s", case.name, ignored)
+    flags = np.array(
+        [wanted[i] and name in case.images for i, name in enumerate(sequences)], dtype=bool
+    )
+    if not flags.any():
+        raise SequenceError(
+            f"case {case.name!r} has none of the sequences {list(sequences)} switched on "
+            f"(case holds {list(case.sequences)}, requested presence {wanted})"
+        )
+    n_slices, rows, cols = case.shape
+    size = config.size
+    volumes = np.zeros((len(sequences), n_slices, size, size), dtype=np.float32)
+    tissue = np.zeros(n_slices, dtype=bool)
+    for index, name in enumerate(sequences):
+        if not flags[index]:
+            continue
+        normalised = normalise_volume(case.images[name], f"sequence {name!r} of case {case.name!r}")
+        tissue |= tissue_slices(normalised)
+        volumes[index] = clahe_slices(resize_slices(normalised, size, size), config)
+    logger.debug(
+        "prepared case %r: %s present, %d of %d slices with tissue",
+        case.name,
+        [name for name, flag in zip(sequences, flags, strict=True) if flag],
+        int(tissue.sum()),
+        n_slices,
+    )
+    return PreparedCase(volumes, sequences, flags, (n_slices, rows, cols), tissue, config)
+
+
+def _presence(
+    sequences: tuple[str, ...], present: Sequence[bool] | Mapping[str, bool] | None
+) -> list[bool]:
+    if present is None:
+        return [True] * len(sequences)
+    if isinstance(present, Mapping):
+        unknown = sorted(set(present) - set(sequences))
+        if unknown:
+            raise SequenceError(
+                f"presence names unknown sequences {unknown}; the model uses {list(sequences)}"
+            )
+        return [bool(present.get(name, True)) for name in sequences]
+    flags = [bool(flag) for flag in present]
+    if len(flags) != len(sequences):
+        raise SequenceError(
+            f"presence has {len(flags)} entries {flags} for {len(sequences)} sequences {list(sequences)}"
+        )
+    return flags
+
+
+def normalise_volume(volume: np.ndarray, label: str = "volume") -> np.ndarray:
+    """Map a volume robustly to float32 ``[0, 1]``.
+
+    The range ``[min(0, p0.5), p99.5]`` of the nonzero voxels maps to
+    ``[0, 1]`` and is clipped, so magnitude images keep a zero background and
+    a few hot voxels do not darken everything else. An all-zero volume stays
+    zero. ``label`` names the volume in the error raised for NaN / inf voxels.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    finite = np.isfinite(volume)
+    if not finite.all():
+        bad = int(volume.size - np.count_nonzero(finite))
+        raise ReadError(
+            f"{label} holds {bad} non-finite voxels (NaN or infinity); "
+            "fix or mask the file before segmenting"
+        )
+    nonzero = volume[volume != 0]
+    if nonzero.size == 0:
+        logger.warning("%s is all zeros", label)
+        return np.zeros_like(volume)
+    low, high = np.percentile(nonzero, [100.0 - UPPER_PERCENTILE, UPPER_PERCENTILE])
+    low = min(0.0, float(low))
+    high = float(high)
+    if high <= low:
+        high = float(nonzero.max())
+    if high <= low:
+        return np.zeros_like(volume)
+    out = (volume - np.float32(low)) * np.float32(1.0 / (high - low))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def tissue_slices(normalised: np.ndarray) -> np.ndarray:
+    """Bool ``(n_slices,)``: slices of a ``[0, 1]`` volume that show head tissue.
+
+    A slice counts when at least :data:`TISSUE_FRACTION` of its pixels (one at
+    least) exceed :data:`TISSUE_LEVEL`, so faint background noise does not.
+    """
+    n_pixels = normalised.shape[1] * normalised.shape[2]
+    needed = max(1, int(np.ceil(TISSUE_FRACTION * n_pixels)))
+    return np.count_nonzero(normalised > TISSUE_LEVEL, axis=(1, 2)) >= needed
+
+
+def resize_slices(stack: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Resize every slice of ``(n, r, c)`` to ``(n, rows, cols)``, float32.
+
+    Linear interpolation with pixel centres aligned as in
+    ``skimage.transform.resize`` (input coordinate ``(i + 0.5) * scale - 0.5``)
+    and Gaussian anti-aliasing (sigma ``(scale - 1) / 2``) along an axis that
+    shrinks. The same function undoes itself (:func:`restore_slices`).
+    """
+    stack = np.asarray(stack, dtype=np.float32)
+    if stack.ndim != 3:
+        raise GeometryError(f"a stack of slices (n, rows, cols) is needed, got shape {stack.shape}")
+    if rows < 1 or cols < 1:
+        raise GeometryError(f"target slice size must be positive, got {rows} x {cols}")
+    n, in_rows, in_cols = stack.shape
+    if (in_rows, in_cols) == (rows, cols):
+        return stack.copy()
+    scale = np.array([1.0, in_rows / rows, in_cols / cols])
+    sigma = np.maximum(0.0, (scale - 1.0) / 2.0)
+    source = ndimage.gaussian_filter(stack, sigma, mode="nearest") if sigma.any() else stack
+    return ndimage.affine_transform(
+        source,
+        scale,
+        offset=0.5 * scale - 0.5,
+        output_shape=(n, rows, cols),
+        order=1,
+        mode="nearest",
+        output=np.float32,
+    )
+
+
+def clahe_slices(stack: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
+    """CLAHE every slice of a ``[0, 1]`` float stack ``(n, H, W)`` on its own.
+
+    Exactly ``skimage.exposure.equalize_adapthist`` per 2D slice (each slice
+    is stretched to its own range first and its output spans ``[0, 1]``), run
+    over a thread pool. All-zero slices stay zero.
+    """
+    out = np.zeros(stack.shape, dtype=np.float32)
+    busy = np.flatnonzero(np.any(stack != 0, axis=(1, 2)))
+    if busy.size == 0:
+        return out
+
+    def one(index: int) -> np.ndarray:
+        return equalize_adapthist(
+            stack[index],
+            kernel_size=config.clahe_kernel_size,
+            clip_limit=config.clahe_clip_limit,
+        )
+
+    workers = min(len(busy), os.cpu_count() or 1, 8)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(one, busy))
+    else:
+        results = [one(index) for index in busy]
+    for index, result in zip(busy, results, strict=True):
+        out[index] = result
+    return out
+
+
+def stack_25d(
+    volumes: np.ndarray, slice_indices: Sequence[int] | np.ndarray, context: int = 2
+) -> np.ndarray:
+    """2.5D network input for the given centre slices.
+
+    ``volumes`` ``(n_seq, n_slices, H, W)`` -> ``(batch, n_seq * (2 * context +
+    1), H, W)``, sequence-major: ``[seq0 z-c..z+c, seq1 z-c..z+c, ...]``.
+    Neighbours beyond the volume repeat the edge slice (METHOD.md).
+    """
+    volumes = np.asarray(volumes)
+    if volumes.ndim != 4:
+        raise ValueError(f"volumes must be (n_seq, n_slices, H, W), got shape {volumes.shape}")
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    n_seq, n_slices, height, width = volumes.shape
+    centres = np.asarray(slice_indices, dtype=np.int64).reshape(-1)
+    outside = centres[(centres < 0) | (centres >= n_slices)]
+    if outside.size:
+        raise ValueError(f"slice indices {outside.tolist()} outside [0, {n_slices - 1}]")
+    offsets = np.arange(-context, context + 1)
+    neighbours = np.clip(centres[:, None] + offsets[None, :], 0, n_slices - 1)
+    gathered = volumes[:, neighbours]  # (n_seq, batch, 2c+1, H, W)
+    return np.ascontiguousarray(gathered.transpose(1, 0, 2, 3, 4)).reshape(
+        centres.size, n_seq * offsets.size, height, width
+    )
+
+
+def restore_slices(stack: np.ndarray, native_shape: tuple[int, int, int]) -> np.ndarray:
+    """Undo the in-plane resize: ``(n_slices, size, size)`` -> ``native_shape``, float32.
+
+    Linear interpolation (anti-aliased where the native grid is coarser), so a
+    probability volume predicted at ``size x size`` lands on the case's grid.
+    """
+    stack = np.asarray(stack)
+    if stack.ndim != 3 or stack.shape[0] != native_shape[0]:
+        raise GeometryError(
+            f"stack of shape {stack.shape} cannot be restored to {tuple(native_shape)}: "
+            "the slice counts must match"
+        )
+    return resize_slices(stack, int(native_shape[1]), int(native_shape[2]))
