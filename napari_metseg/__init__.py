@@ -17,6 +17,12 @@ _API: dict[str, str] = {
     "Geometry": "napari_metseg.case",
     "SEQUENCES": "napari_metseg.case",
     "MetsegError": "napari_metseg.errors",
+    "PreparedCase": "napari_metseg.preprocess",
+    "PreprocessConfig": "napari_metseg.preprocess",
+    "prepare_case": "napari_metseg.preprocess",
+    "PhantomConfig": "napari_metseg.phantom",
+    "make_phantom": "napari_metseg.phantom",
+    "write_phantom": "napari_metseg.phantom",
 }
 
 __all__ = sorted(_API)

@@ -13,6 +13,7 @@ from napari_metseg.phantom.generate import (
     PhantomConfig,
     generate_phantom,
     make_phantom,
+    write_phantom,
 )
 from napari_metseg.phantom.objects import Lesion
 
@@ -23,4 +24,5 @@ __all__ = [
     "PhantomConfig",
     "generate_phantom",
     "make_phantom",
+    "write_phantom",
 ]

@@ -20,8 +20,10 @@ gets its own smooth bias field and Rician noise inside the head.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -261,3 +263,34 @@ def _acquire(
     magnitude = np.sqrt(real * real + imaginary * imaginary)
     gain = 1000.0 * rng.uniform(0.8, 1.2)
     return np.where(head, magnitude * gain, 0.0).astype(np.float32)
+
+
+def write_phantom(
+    out_dir: str | Path,
+    seed: int,
+    n_lesions: int | None = None,
+    spacing: float = 1.5,
+    config: PhantomConfig = PhantomConfig(),
+    name: str | None = None,
+) -> Path:
+    """Generate a phantom and write it as NIfTI; returns the folder written to.
+
+    Files: ``<name>_bravo.nii.gz``, ``<name>_cube_pre.nii.gz``,
+    ``<name>_cube_post.nii.gz``, ``<name>_flair.nii.gz``, ``<name>_seg.nii.gz``
+    (uint8 truth) and ``<name>_lesions.json`` (seed, spacing, lesion centres in
+    RAS mm, radii in mm, kinds). ``name`` defaults to ``phantom_<seed>``.
+    """
+    from napari_metseg.io import write_volume
+
+    phantom = generate_phantom(seed, n_lesions, spacing, config)
+    name = name or phantom.case.name
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    geometry = phantom.case.geometry
+    for sequence, image in phantom.case.images.items():
+        write_volume(out / f"{name}_{sequence}.nii.gz", image, geometry, kind="image")
+    write_volume(out / f"{name}_seg.nii.gz", phantom.case.truth, geometry, kind="labels")
+    record = phantom.description() | {"name": name}
+    (out / f"{name}_lesions.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("wrote phantom %r (%d lesions) to %s", name, len(phantom.lesions), out)
+    return out
