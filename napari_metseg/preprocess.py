@@ -285,10 +285,10 @@ def stack_25d(
         raise ValueError(f"slice indices {outside.tolist()} outside [0, {n_slices - 1}]")
     offsets = np.arange(-context, context + 1)
     neighbours = np.clip(centres[:, None] + offsets[None, :], 0, n_slices - 1)
-    gathered = volumes[:, neighbours]  # (n_seq, batch, 2c+1, H, W)
-    return np.ascontiguousarray(gathered.transpose(1, 0, 2, 3, 4)).reshape(
-        centres.size, n_seq * offsets.size, height, width
-    )
+    out = np.empty((centres.size, n_seq, offsets.size, height, width), dtype=volumes.dtype)
+    for sequence in range(n_seq):
+        np.take(volumes[sequence], neighbours, axis=0, out=out[:, sequence])
+    return out.reshape(centres.size, n_seq * offsets.size, height, width)
 
 
 def restore_slices(stack: np.ndarray, native_shape: tuple[int, int, int]) -> np.ndarray:
