@@ -1,0 +1,138 @@
+"""Model, device, run / cancel, progress, and the lesion threshold controls.
+
+The panel only holds choices and shows state; the workbench acts on its
+signals. Threshold and minimum volume re-derive lesions from the stored
+probability, without running the network again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+)
+from superqt import QLabeledDoubleSlider
+
+#: Default probability threshold for lesion candidates (METHOD.md).
+DEFAULT_THRESHOLD = 0.10
+BUNDLED = "bundled default"
+
+
+class SegmentPanel(QGroupBox):
+    """Choices for a run and its progress; emits requests the workbench handles."""
+
+    run_requested = Signal()
+    cancel_requested = Signal()
+    lesion_settings_changed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__("Segment")
+        self.model_combo = QComboBox()
+        self.model_combo.addItem(BUNDLED, None)
+        self.model_combo.setToolTip("the bundled model, or a model file you chose")
+        self.browse_button = QPushButton("Model file...")
+        self.browse_button.clicked.connect(self._browse_model)
+        self.device_combo = QComboBox()
+        self._fill_devices()
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run_requested)
+        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.progress_bar = QProgressBar()
+        self.status_label = QLabel("ready")
+        self.status_label.setWordWrap(True)
+        self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(0.01, 0.99)
+        self.threshold_slider.setValue(DEFAULT_THRESHOLD)
+        self.threshold_slider.setToolTip("probability above which voxels form lesion candidates")
+        self.min_volume = QDoubleSpinBox()
+        self.min_volume.setRange(0.0, 100_000.0)
+        self.min_volume.setDecimals(1)
+        self.min_volume.setSuffix(" mm\N{SUPERSCRIPT THREE}")
+        self.min_volume.setToolTip("smaller candidates are dropped")
+        self.summary_label = QLabel("no lesions yet")
+        self.threshold_slider.valueChanged.connect(self.lesion_settings_changed)
+        self.min_volume.valueChanged.connect(self.lesion_settings_changed)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        form = QFormLayout()
+        form.addRow("model", model_row)
+        form.addRow("device", self.device_combo)
+        form.addRow(buttons)
+        form.addRow(self.progress_bar)
+        form.addRow(self.status_label)
+        form.addRow("threshold", self.threshold_slider)
+        form.addRow("min volume", self.min_volume)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.summary_label)
+
+    def model_path(self) -> Path | None:
+        """The chosen model file (None: the bundled default)."""
+        return self.model_combo.currentData()
+
+    def set_model_path(self, path: str | Path | None) -> None:
+        """Choose a model file (listed once), or the bundled default for None."""
+        if path is None:
+            self.model_combo.setCurrentIndex(0)
+            return
+        path = Path(path)
+        index = self.model_combo.findData(path)
+        if index < 0:
+            self.model_combo.addItem(path.name, path)
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, str(path), Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.setCurrentIndex(index)
+
+    def device(self) -> str:
+        """``auto``, ``cuda`` or ``cpu``."""
+        return self.device_combo.currentData()
+
+    def threshold(self) -> float:
+        return float(self.threshold_slider.value())
+
+    def min_volume_mm3(self) -> float:
+        return float(self.min_volume.value())
+
+    def set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if running:
+            self.progress_bar.setRange(0, 0)
+
+    def show_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(min(done, max(total, 1)))
+        self.status_label.setText(message)
+
+    def _fill_devices(self) -> None:
+        cuda = torch.cuda.is_available()
+        name = torch.cuda.get_device_name(0) if cuda else "no CUDA device found"
+        self.device_combo.addItem(f"auto ({'cuda' if cuda else 'cpu'})", "auto")
+        self.device_combo.addItem(f"cuda ({name})", "cuda")
+        self.device_combo.addItem("cpu", "cpu")
+        if not cuda:
+            self.device_combo.model().item(1).setEnabled(False)
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file")
+        if path:
+            self.set_model_path(path)

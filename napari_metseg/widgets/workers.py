@@ -1,0 +1,70 @@
+"""Running the engine off the GUI thread.
+
+:func:`segmentation_worker` wraps model loading and
+:func:`napari_metseg.engine.segment` in a napari thread worker. Progress
+travels from the worker thread through a Qt signal (queued to the GUI
+thread); cancellation through a ``threading.Event`` the engine checks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import FunctionWorker, create_worker
+from qtpy.QtCore import QObject, Signal
+
+from napari_metseg.case import Case
+from napari_metseg.engine import segment
+
+
+class ProgressRelay(QObject):
+    """Carries ``progress(done, total, message)`` calls from a worker to the GUI thread."""
+
+    progressed = Signal(int, int, str)
+
+    def report(self, done: int, total: int, message: str) -> None:
+        self.progressed.emit(int(done), int(total), str(message))
+
+
+def run_segmentation(
+    load_model: Callable[[], Any],
+    case: Case,
+    present: Sequence[str],
+    device: str,
+    progress: Callable[[int, int, str], None],
+    cancel: threading.Event,
+) -> np.ndarray:
+    """Load (or reuse) the model, then segment ``case``; the probability volume."""
+    progress(0, 1, "loading the model")
+    model = load_model()
+    return segment(
+        case, model, present=tuple(present), device=device, progress=progress, cancel=cancel
+    )
+
+
+def segmentation_worker(
+    load_model: Callable[[], Any],
+    case: Case,
+    present: Sequence[str],
+    device: str,
+    relay: ProgressRelay,
+    cancel: threading.Event,
+) -> FunctionWorker:
+    """An unstarted worker that returns the probability volume (shape ``case.shape``).
+
+    Errors are left to the caller's ``errored`` handler (none are re-raised).
+    """
+    return create_worker(
+        run_segmentation,
+        load_model,
+        case,
+        present,
+        device,
+        relay.report,
+        cancel,
+        _start_thread=False,
+        _ignore_errors=True,
+    )
