@@ -1,0 +1,143 @@
+"""``metseg demo``: the sample case segmented by the bundled model, in napari or as files.
+
+The sample phantom is written once to the user cache folder
+(``$XDG_CACHE_HOME/napari-metseg``, else ``~/.cache/napari-metseg``) and read
+back from there, so napari and ``--headless`` see the same files. napari is
+imported only when a window opens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
+from napari_metseg.errors import MetsegError, ModelFileError
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="segment the sample case with the bundled model (napari, or files with --headless)",
+        description=(
+            "Generate the synthetic sample case (cached), open it in napari with the MetSeg "
+            "workbench and run the bundled model. With --headless, write the sequences, "
+            "probability.nii.gz, mask.nii.gz (lesion ids, 0 background) and lesions.csv "
+            "to --out instead, without a display."
+        ),
+    )
+    parser.add_argument("--headless", action="store_true", help="write files, open no window")
+    parser.add_argument("--out", type=Path, help="output folder for --headless (created)")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model file (default: the bundled model)"
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: auto")
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        default=SAMPLE_SPACING,
+        help=f"voxel size of the sample case in mm (default {SAMPLE_SPACING})",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.10, help="lesion probability threshold (default 0.10)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.headless and args.out is None:
+        raise MetsegError("--headless needs --out DIR")
+    model_path = _model_path(args.model)
+    folder = sample_folder(args.spacing)
+    if args.headless:
+        write_results(folder, model_path, args.out, args.device, args.threshold)
+    else:
+        _show(folder, args.model, args.device)
+
+
+def cache_dir() -> Path:
+    """The user cache folder of napari-metseg."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "napari-metseg"
+
+
+def sample_folder(spacing: float = SAMPLE_SPACING) -> Path:
+    """The sample phantom's files in the cache, written there first if missing."""
+    from napari_metseg.phantom import write_phantom
+
+    folder = cache_dir() / f"sample_seed{SAMPLE_SEED}_{spacing:g}mm"
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sample-", dir=folder.parent))
+    write_phantom(staging, SAMPLE_SEED, spacing=spacing, name="sample")
+    try:
+        staging.rename(folder)
+    except OSError:  # another process wrote it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("sample case cached in %s", folder)
+    return folder
+
+
+def write_results(
+    folder: Path, model_path: Path, out: Path, device: str = "auto", threshold: float = 0.10
+) -> None:
+    """Segment the case in ``folder`` and write sequences, probability, mask and table to ``out``."""
+    from napari_metseg.engine import segment
+    from napari_metseg.io import read_case, write_volume
+    from napari_metseg.lesions import lesion_table
+    from napari_metseg.model import load_model
+
+    case = read_case(folder)
+    model = load_model(model_path, device="cpu")
+    probability = segment(case, model, device=device, progress=_log_progress)
+    geometry = case.geometry
+    table, labels = lesion_table(
+        probability, geometry.spacing, threshold=threshold, affine=geometry.affine
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for sequence, image in case.images.items():
+        write_volume(out / f"{sequence}.nii.gz", image, geometry, kind="image")
+    write_volume(out / "probability.nii.gz", probability, geometry, kind="image")
+    write_volume(out / "mask.nii.gz", labels, geometry, kind="mask")
+    table.to_csv(out / "lesions.csv", index=False)
+    logger.info("%d lesions; results written to %s", len(table), out)
+
+
+def _model_path(path: Path | None) -> Path:
+    """The model file to use; the bundled one must exist when none is given."""
+    from napari_metseg.model import default_model_path
+
+    if path is not None:
+        return path
+    bundled = Path(default_model_path())
+    if not bundled.exists():
+        raise ModelFileError(
+            f"the bundled model is missing: expected it at {bundled} "
+            "(reinstall napari-metseg, or pass --model FILE)"
+        )
+    return bundled
+
+
+def _show(folder: Path, model: Path | None, device: str) -> None:
+    import napari
+
+    viewer = napari.Viewer(title="MetSeg demo")
+    viewer.open(folder, plugin="napari-metseg")
+    _, workbench = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+    workbench.segment_panel.set_model_path(model)
+    workbench.segment_panel.device_combo.setCurrentIndex(DEVICES.index(device))
+    workbench.run()
+    napari.run()
+
+
+def _log_progress(done: int, total: int, message: str) -> None:
+    logger.info("%s (%d/%d)", message, done, total)
