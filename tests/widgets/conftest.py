@@ -1,0 +1,60 @@
+"""Fixtures for the napari GUI tests: tiny phantom cases and a fast stand-in engine."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_metseg.phantom import make_phantom
+
+#: Voxel size of test phantoms in mm (a 48 x 59 x 50 grid).
+SPACING = 4.0
+
+
+@pytest.fixture(scope="session")
+def tiny_case():
+    return make_phantom(3, n_lesions=2, spacing=SPACING)
+
+
+class FakeSegment:
+    """Stands in for ``engine.segment``: records each call, returns ``probability``.
+
+    With ``block=True`` it waits for the cancel event and raises as the engine
+    does; ``error`` is raised instead of returning.
+    """
+
+    def __init__(self, probability=None, error=None, block=False):
+        self.calls = []
+        self.probability = probability
+        self.error = error
+        self.block = block
+        self.started = threading.Event()
+
+    def __call__(self, case, model, present=None, device="auto", progress=None, cancel=None):
+        from napari_metseg.progress import check_cancel
+
+        self.calls.append({"case": case, "present": present, "device": device})
+        self.started.set()
+        if self.block:
+            cancel.wait(10)
+            check_cancel(cancel)
+        if self.error is not None:
+            raise self.error
+        if progress is not None:
+            progress(1, 1, "done")
+        if self.probability is not None:
+            return self.probability
+        return np.zeros(case.shape, dtype=np.float32)
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """Replace the network: model loading returns a token, segment a FakeSegment."""
+    from napari_metseg.widgets import workbench, workers
+
+    fake = FakeSegment()
+    monkeypatch.setattr(workers, "segment", fake)
+    monkeypatch.setattr(workbench, "load_model", lambda path, device="cpu": "model")
+    return fake
