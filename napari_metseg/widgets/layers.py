@@ -84,7 +84,8 @@ def labels_layer(
 
 
 def case_layers(case: Case) -> list[LayerData]:
-    """One Image layer per sequence (the reference one visible) plus the truth, if any."""
+    """One Image layer per sequence in channel order (the reference one visible), plus
+    the truth if the case has one."""
     layers = [
         image_layer(
             image,
@@ -94,11 +95,16 @@ def case_layers(case: Case) -> list[LayerData]:
             source=case.sources.get(sequence, ""),
             visible=sequence == case.reference,
         )
-        for sequence, image in case.images.items()
+        for sequence, image in sorted(case.images.items(), key=_channel_order)
     ]
     if case.truth is not None:
         layers.append(labels_layer(case.truth, case.geometry, TRUTH_LAYER, source=case.name))
     return layers
+
+
+def _channel_order(item: tuple[str, np.ndarray]) -> tuple[int, str]:
+    name = item[0]
+    return (SEQUENCES.index(name) if name in SEQUENCES else len(SEQUENCES), name)
 
 
 def looks_like_mask(name: str) -> bool:
