@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from napari_metseg.case import SEQUENCES
 from napari_metseg.errors import ReadError, SequenceError
 from napari_metseg.io.naming import (
@@ -115,6 +117,10 @@ def scan_case(
             else read_volume(source.path, series=source.series or series)
         )
         plan.notes.append(f"{role}: {source.describe()} ({how})")
+        if role == TRUTH and source.kind == "png":
+            binary = (volume.data > 0).astype(np.float32)
+            volume = Volume(binary, volume.geometry, volume.path, volume.metadata)
+            plan.notes.append("truth: PNG mask binarised (non-zero -> 1)")
         if "note" in volume.metadata:
             plan.notes.append(f"{role}: {volume.metadata['note']}")
         if role in EXTRA_SEQUENCES:
