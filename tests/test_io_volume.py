@@ -209,3 +209,18 @@ def test_bad_inputs_name_the_file(tmp_path) -> None:
         read_volume(tmp_path / "notes.txt")
     with pytest.raises(ReadError, match=r"missing\.nii: no such file"):
         read_volume(tmp_path / "missing.nii")
+
+
+def test_read_case_names_dicom_series_by_their_description(tmp_path) -> None:
+    from napari_metseg.io import read_case
+
+    _write_series(tmp_path, 3, "1.2.826.0.1.3680043.2.1125.101", "AX FLAIR")
+    post = _write_series(tmp_path, 4, "1.2.826.0.1.3680043.2.1125.202", "T1 POST")
+
+    case = read_case(tmp_path)
+    assert case.sequences == ("cube_post", "flair")
+    assert case.reference == "cube_post"
+    np.testing.assert_array_equal(case.geometry.to_source(case.images["cube_post"]), post.T)
+    assert "flair: resampled onto the reference grid" in " ".join(case.mapping_notes)
+    mapped = read_case(tmp_path, mapping={"bravo": "1.2.826.0.1.3680043.2.1125.101"})
+    assert mapped.sequences == ("bravo", "cube_post")
