@@ -1,0 +1,203 @@
+"""The training configuration: one frozen dataclass, JSON in and out, CLI overrides.
+
+``metseg train --config run.json --set lr=1e-4 --set val_sequences=cube_pre,cube_post``
+reads the file, then applies ``key=value`` overrides parsed by each field's
+type. The run writes the resolved configuration next to its logs, so every
+model file can be traced to the exact settings that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from napari_metseg.case import SEQUENCES
+from napari_metseg.errors import ReadError
+from napari_metseg.losses import LOSSES
+from napari_metseg.training.censoring import CENSOR_MODES
+
+#: Learning-rate schedules: constant, or DeepLab's polynomial decay ``(1 - t / T) ** 0.9``.
+LR_SCHEDULES: tuple[str, ...] = ("poly", "constant")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (defaults follow METHOD.md).
+
+    Data: ``train`` / ``val`` case specs (paths any reader layout supports, or
+    ``phantom:SEED``), ``split`` (JSON file adding its ``train`` / ``val``
+    lists), ``synthetic_train`` / ``synthetic_val`` phantom cases with seeds
+    from ``synthetic_seed`` on (validation seeds follow the training ones) at
+    ``phantom_spacing`` mm; ``mapping`` (file or ``role=pattern`` text for the
+    readers); ``cache_dir`` for pre-processed ``.npz`` files.
+
+    Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
+    ``context`` neighbours per side. Model: ``architecture``, ``backbone``,
+    ``pretrained`` (see :class:`napari_metseg.model.ModelConfig`).
+
+    Training: ``sequence_dropout`` with probability ``dropout_rate`` per
+    sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
+    background labels); ``censor_rate`` / ``censor_mode`` applied to the
+    training and validation truth; lesion slices ``oversample`` times as
+    likely; ``flip`` left-right augmentation; AdamW with ``lr`` and
+    ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
+    ``batch_size`` slices per process; validation every ``val_interval``
+    iterations with only ``val_sequences`` present (empty: all); ``seed``;
+    ``device``; ``amp`` (mixed precision, CUDA only); ``out_dir`` for logs and
+    checkpoints; ``resume`` from its checkpoint; ``log_interval`` iterations
+    per CSV row.
+    """
+
+    train: tuple[str, ...] = ()
+    val: tuple[str, ...] = ()
+    split: str | None = None
+    synthetic_train: int = 0
+    synthetic_val: int = 0
+    synthetic_seed: int = 1000
+    phantom_spacing: float = 2.0
+    mapping: str | None = None
+    cache_dir: str | None = None
+    sequences: tuple[str, ...] = SEQUENCES
+    size: int = 256
+    context: int = 2
+    architecture: str = "input"
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    sequence_dropout: bool = True
+    dropout_rate: float = 0.25
+    loss: str = "weighted_ce"
+    alpha: float = 3.0
+    beta: float = 1.0
+    censor_rate: float = 0.0
+    censor_mode: str = "stochastic"
+    oversample: float = 10.0
+    flip: bool = True
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    lr_schedule: str = "poly"
+    iterations: int = 10000
+    batch_size: int = 8
+    val_interval: int = 1000
+    val_sequences: tuple[str, ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    out_dir: str = "metseg-train"
+    resume: bool = False
+    log_interval: int = 50
+
+    def __post_init__(self) -> None:
+        positive = ("size", "iterations", "batch_size", "val_interval", "log_interval")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("synthetic_train", "synthetic_val", "context"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {list(LOSSES)}")
+        if self.censor_mode not in CENSOR_MODES:
+            raise ValueError(
+                f"unknown censor_mode {self.censor_mode!r}; choose one of {list(CENSOR_MODES)}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"unknown lr_schedule {self.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}"
+            )
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {list(DEVICES)}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
+        if not 0.0 <= self.censor_rate <= 1.0:
+            raise ValueError(f"censor_rate must lie in [0, 1], got {self.censor_rate}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.sequences or len(set(self.sequences)) != len(self.sequences):
+            raise ValueError(f"sequences must be distinct names, got {list(self.sequences)}")
+        unknown = sorted(set(self.val_sequences) - set(self.sequences))
+        if unknown:
+            raise ValueError(
+                f"val_sequences {unknown} are not model sequences {list(self.sequences)}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples as lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, content: dict[str, Any]) -> TrainConfig:
+        """Build from a dict such as :meth:`to_json` gives; unknown keys are errors."""
+        known = {item.name: item for item in fields(cls)}
+        unknown = sorted(set(content) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        values = {
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in content.items()
+        }
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a JSON configuration file (raises :class:`ReadError` naming it)."""
+        path = Path(path)
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ReadError(f"cannot read training configuration {path}: {error}") from error
+        if not isinstance(content, dict):
+            raise ReadError(f"training configuration {path} must hold a JSON object")
+        return cls.from_json(content)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    def with_overrides(self, assignments: list[str] | dict[str, Any]) -> TrainConfig:
+        """A copy with ``key=value`` strings (typed by the field) or a dict applied.
+
+        Tuples take comma-separated values (``val_sequences=cube_pre,flair``;
+        an empty value gives ``()``), booleans ``true/false/1/0/yes/no``, and
+        ``none`` clears an optional field.
+        """
+        if isinstance(assignments, dict):
+            return replace(self, **assignments) if assignments else self
+        hints = typing.get_type_hints(TrainConfig)
+        changes: dict[str, Any] = {}
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in hints:
+                raise ValueError(
+                    f"bad override {assignment!r}: use key=value with key one of {sorted(hints)}"
+                )
+            changes[key] = _parse(text.strip(), hints[key], key)
+        return replace(self, **changes)
+
+
+def _parse(text: str, hint: Any, key: str) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in options and text.lower() in ("none", "null", ""):
+        return None
+    kind = next(option for option in options if option is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{key} takes true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError as error:
+        raise ValueError(f"{key} takes a {kind.__name__}, got {text!r}") from error

@@ -1,0 +1,321 @@
+"""Training data: cases -> cached, pre-processed volumes -> 2.5D slice batches.
+
+A case is named by a *spec*: a path that :func:`napari_metseg.io.read_case`
+reads (any layout it supports), or ``phantom:SEED`` for a synthetic case made
+on the fly by :func:`napari_metseg.phantom.make_phantom`. Split files are JSON
+objects ``{"train": [...], "val": [...], "test": [...]}`` of specs; relative
+paths are relative to the split file.
+
+Each case is pre-processed once (normalise, resize, CLAHE:
+:func:`napari_metseg.preprocess.prepare_case`) and kept in memory as float16,
+and optionally in an ``.npz`` cache on disk, so no epoch re-runs CLAHE. Its
+truth is censored (:mod:`napari_metseg.training.censoring`) on the native grid
+and resized to the network's slice size.
+
+Batches are drawn with replacement from the slices that show tissue; slices
+with lesion voxels are ``oversample`` times as likely as the others (10x in
+the method).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_metseg.case import Case, Geometry
+from napari_metseg.errors import ReadError
+from napari_metseg.preprocess import PreprocessConfig, prepare_case, resize_slices, stack_25d
+from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
+from napari_metseg.training.censoring import CensorRecord, censor_lesions
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of a synthetic case spec: ``phantom:SEED``.
+PHANTOM_PREFIX = "phantom:"
+#: Names a split file may hold.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Bump when the cached arrays change meaning, so stale cache files are not used.
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainingCase:
+    """One pre-processed case, as training and validation use it.
+
+    ``volumes``: float16 ``(n_seq, n_slices, size, size)``, zeros for absent
+    sequences. ``present``: bool ``(n_seq,)``. ``tissue``: bool
+    ``(n_slices,)``. ``truth``: uint8 native-grid ``(slices, rows, cols)``
+    lesion mask (after censoring), for validation metrics. ``mask``: bool
+    ``(n_slices, size, size)``, ``truth`` resized to the network grid.
+    ``geometry``: the case's reference grid (spacing for the metrics).
+    """
+
+    name: str
+    volumes: np.ndarray
+    present: np.ndarray
+    tissue: np.ndarray
+    truth: np.ndarray
+    mask: np.ndarray
+    geometry: Geometry
+
+    @property
+    def lesion_slices(self) -> np.ndarray:
+        """Bool ``(n_slices,)``: slices holding lesion voxels on the network grid."""
+        return self.mask.any(axis=(1, 2))
+
+
+def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Read a split file: ``{"train": [...], "val": [...], "test": [...]}`` of case specs.
+
+    Relative paths become absolute (relative to the file's folder); ``phantom:``
+    specs are kept. Missing splits are empty lists. Raises :class:`ReadError`
+    for unreadable JSON or unknown keys.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReadError(f"cannot read split file {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise ReadError(f"split file {path} must hold a JSON object, got {type(content).__name__}")
+    unknown = sorted(set(content) - set(SPLITS))
+    if unknown:
+        raise ReadError(f"split file {path} has unknown keys {unknown}; expected {list(SPLITS)}")
+    split = {}
+    for key in SPLITS:
+        entries = content.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ReadError(f"split {key!r} of {path} must be a list of strings, got {entries!r}")
+        split[key] = [_absolute(entry, path.parent) for entry in entries]
+    return split
+
+
+def _absolute(spec: str, base: Path) -> str:
+    if spec.startswith(PHANTOM_PREFIX):
+        return spec
+    return str((base / spec).resolve()) if not Path(spec).is_absolute() else spec
+
+
+def phantom_specs(first_seed: int, count: int) -> list[str]:
+    """Specs of ``count`` synthetic cases with consecutive seeds from ``first_seed``."""
+    return [f"{PHANTOM_PREFIX}{seed}" for seed in range(first_seed, first_seed + count)]
+
+
+def load_case(
+    spec: str, mapping: dict[str, str] | None = None, phantom_spacing: float = 2.0
+) -> Case:
+    """The case named by ``spec``: ``phantom:SEED`` or a path for ``read_case``."""
+    if spec.startswith(PHANTOM_PREFIX):
+        from napari_metseg.phantom import make_phantom
+
+        seed_text = spec[len(PHANTOM_PREFIX) :]
+        try:
+            seed = int(seed_text)
+        except ValueError as error:
+            raise ReadError(
+                f"bad synthetic case spec {spec!r}: the seed must be an integer"
+            ) from error
+        return make_phantom(seed, spacing=phantom_spacing)
+    from napari_metseg.io import read_case
+
+    case = read_case(spec, mapping=mapping)
+    if case.truth is None:
+        raise ReadError(f"case {spec} has no truth mask; training needs one")
+    return case
+
+
+def _cache_key(
+    spec: str, sequences: Sequence[str], config: PreprocessConfig, phantom_spacing: float
+) -> str:
+    stamp = ""
+    if not spec.startswith(PHANTOM_PREFIX):
+        path = Path(spec)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        stamp = ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    text = json.dumps(
+        [CACHE_VERSION, spec, stamp, list(sequences), asdict(config), phantom_spacing]
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+@dataclass
+class _Prepared:
+    name: str
+    volumes: np.ndarray
+    present: np.ndarray
+    tissue: np.ndarray
+    truth: np.ndarray
+    geometry: Geometry
+
+
+def _prepare(
+    spec: str,
+    sequences: Sequence[str],
+    config: PreprocessConfig,
+    mapping: dict[str, str] | None,
+    phantom_spacing: float,
+    cache_dir: Path | None,
+) -> _Prepared:
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = cache_dir / f"{_cache_key(spec, sequences, config, phantom_spacing)}.npz"
+        if cache_file.exists():
+            with np.load(cache_file) as data:
+                geometry = Geometry(
+                    tuple(int(s) for s in data["shape"]),
+                    data["affine"],
+                    tuple(int(s) for s in data["source_shape"]),
+                    data["source_affine"],
+                )
+                logger.debug("case %s from cache %s", spec, cache_file)
+                return _Prepared(
+                    str(data["name"]),
+                    data["volumes"],
+                    data["present"],
+                    data["tissue"],
+                    data["truth"],
+                    geometry,
+                )
+    case = load_case(spec, mapping, phantom_spacing)
+    prepared = prepare_case(case, sequences, config=config)
+    result = _Prepared(
+        case.name,
+        prepared.volumes.astype(np.float16),
+        prepared.present,
+        prepared.tissue,
+        (np.asarray(case.truth) > 0).astype(np.uint8),
+        case.geometry,
+    )
+    if cache_file is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(
+            partial,
+            name=np.array(result.name),
+            volumes=result.volumes,
+            present=result.present,
+            tissue=result.tissue,
+            truth=result.truth,
+            shape=np.array(case.geometry.shape),
+            affine=case.geometry.affine,
+            source_shape=np.array(case.geometry.source_shape),
+            source_affine=case.geometry.source_affine,
+        )
+        os.replace(partial, cache_file)
+    return result
+
+
+def prepare_cases(
+    specs: Sequence[str],
+    sequences: Sequence[str],
+    config: PreprocessConfig,
+    censor_rate: float = 0.0,
+    censor_mode: str = "stochastic",
+    censor_seed: int = 0,
+    mapping: dict[str, str] | None = None,
+    phantom_spacing: float = 2.0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> tuple[list[TrainingCase], CensorRecord]:
+    """Load, pre-process and censor the cases ``specs`` (one split).
+
+    Censoring (``censor_rate`` > 0) runs over the native truth masks of all the
+    cases together (size mode ranks lesions across cases by mm^3). Returns the
+    cases in ``specs`` order and the censoring record.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else None
+    prepared = []
+    for index, spec in enumerate(specs):
+        check_cancel(cancel)
+        progress(index, len(specs), f"preparing {spec}")
+        prepared.append(_prepare(spec, sequences, config, mapping, phantom_spacing, cache))
+    progress(len(specs), len(specs), "cases prepared")
+    truths, record = censor_lesions(
+        [item.truth for item in prepared],
+        censor_rate,
+        censor_mode,
+        censor_seed,
+        voxel_volumes=[item.geometry.voxel_volume for item in prepared],
+    )
+    cases = []
+    for item, truth in zip(prepared, truths, strict=True):
+        mask = resize_slices(truth.astype(np.float32), config.size, config.size) > 0.5
+        cases.append(
+            TrainingCase(
+                item.name, item.volumes, item.present, item.tissue, truth, mask, item.geometry
+            )
+        )
+    return cases, record
+
+
+class SliceSampler:
+    """Draws training slices: tissue slices, lesion slices ``oversample`` times as likely.
+
+    ``rng`` decides everything, so each distributed rank passes its own
+    (seeded with the run seed and its rank) and draws a different stream.
+    """
+
+    def __init__(self, cases: Sequence[TrainingCase], oversample: float = 10.0) -> None:
+        if oversample <= 0:
+            raise ValueError(f"oversample must be > 0, got {oversample}")
+        case_ids, slice_ids, lesion_flags = [], [], []
+        for case_id, case in enumerate(cases):
+            lesion = case.lesion_slices
+            usable = np.flatnonzero(case.tissue | lesion)
+            case_ids.append(np.full(usable.size, case_id))
+            slice_ids.append(usable)
+            lesion_flags.append(lesion[usable])
+        if not case_ids or sum(ids.size for ids in case_ids) == 0:
+            raise ReadError("no training slice: the training cases show no tissue")
+        self.case_ids = np.concatenate(case_ids)
+        self.slice_ids = np.concatenate(slice_ids)
+        self.lesion = np.concatenate(lesion_flags)
+        weights = np.where(self.lesion, float(oversample), 1.0)
+        self.probabilities = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return int(self.case_ids.size)
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> list[tuple[int, int]]:
+        """``batch_size`` ``(case, slice)`` pairs drawn with replacement."""
+        chosen = rng.choice(self.case_ids.size, size=batch_size, p=self.probabilities)
+        return [(int(self.case_ids[i]), int(self.slice_ids[i])) for i in chosen]
+
+
+def make_batch(
+    cases: Sequence[TrainingCase],
+    picks: Sequence[tuple[int, int]],
+    context: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2.5D inputs, targets and presence for ``(case, slice)`` picks.
+
+    Returns ``x`` float32 ``(B, n_seq * (2 * context + 1), H, W)``, ``y`` bool
+    ``(B, H, W)`` and ``present`` bool ``(B, n_seq)``. With ``rng``, each
+    sample is flipped left-right with probability 1/2 (the head is roughly
+    symmetric; a cheap augmentation).
+    """
+    xs, ys, present = [], [], []
+    for case_id, slice_id in picks:
+        case = cases[case_id]
+        x = stack_25d(case.volumes, [slice_id], context)[0].astype(np.float32)
+        y = case.mask[slice_id]
+        if rng is not None and rng.random() < 0.5:
+            x, y = x[..., ::-1], y[..., ::-1]
+        xs.append(x)
+        ys.append(y)
+        present.append(case.present)
+    return (
+        np.ascontiguousarray(np.stack(xs)),
+        np.ascontiguousarray(np.stack(ys)),
+        np.stack(present),
+    )
