@@ -56,7 +56,7 @@ def test_mask_is_uint8_and_lesion_ids_widen(tmp_path) -> None:
 
     ids = np.zeros(geometry.shape, dtype=np.int64)
     ids[0, 0, 0] = 300
-    written = nib.load(write_volume(tmp_path / "ids.nii.gz", ids, geometry, kind="labels"))
+    written = nib.load(write_volume(tmp_path / "ids.nii.gz", ids, geometry, kind="mask"))
     assert written.get_data_dtype() == np.uint16
     assert int(np.asanyarray(written.dataobj).max()) == 300
 

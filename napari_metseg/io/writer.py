@@ -20,8 +20,8 @@ from napari_metseg.case import Geometry
 
 logger = logging.getLogger(__name__)
 
-#: Accepted ``kind`` values; ``labels`` is a synonym of ``mask`` (integer voxels).
-KINDS: tuple[str, ...] = ("image", "mask", "labels")
+#: Accepted ``kind`` values: float images, or masks / label maps of whole numbers.
+KINDS: tuple[str, ...] = ("image", "mask")
 
 #: NIfTI sform/qform code written: 1 = scanner-based anatomical coordinates.
 XFORM_CODE = 1
@@ -35,7 +35,7 @@ def write_volume(
 ) -> Path:
     """Write ``array_internal`` (shape ``geometry.shape``) as ``.nii`` / ``.nii.gz``.
 
-    Images are stored as float32. Masks (``kind="mask"`` or ``"labels"``) must
+    Images are stored as float32. Masks (``kind="mask"``) must
     hold non-negative whole numbers and are stored as uint8, or uint16 / uint32
     when a label exceeds 255 (lesion id maps). Both sform and qform carry
     ``geometry.source_affine`` (code 1, scanner). The file appears atomically:
@@ -49,7 +49,7 @@ def write_volume(
     if kind not in KINDS:
         raise ValueError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
     array = np.asarray(array_internal)
-    data = _as_mask(array, path) if kind in ("mask", "labels") else array.astype(np.float32)
+    data = _as_mask(array, path) if kind == "mask" else array.astype(np.float32)
     source = geometry.to_source(data)
 
     image = nib.Nifti1Image(source, geometry.source_affine)

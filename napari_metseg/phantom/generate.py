@@ -30,6 +30,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from napari_metseg.case import SEQUENCES, Case, Geometry
+from napari_metseg.io import write_volume
 from napari_metseg.phantom.anatomy import Anatomy, load_anatomy
 from napari_metseg.phantom.objects import (
     Lesion,
@@ -280,8 +281,6 @@ def write_phantom(
     (uint8 truth) and ``<name>_lesions.json`` (seed, spacing, lesion centres in
     RAS mm, radii in mm, kinds). ``name`` defaults to ``phantom_<seed>``.
     """
-    from napari_metseg.io import write_volume
-
     phantom = generate_phantom(seed, n_lesions, spacing, config)
     name = name or phantom.case.name
     out = Path(out_dir)
@@ -289,7 +288,7 @@ def write_phantom(
     geometry = phantom.case.geometry
     for sequence, image in phantom.case.images.items():
         write_volume(out / f"{name}_{sequence}.nii.gz", image, geometry, kind="image")
-    write_volume(out / f"{name}_seg.nii.gz", phantom.case.truth, geometry, kind="labels")
+    write_volume(out / f"{name}_seg.nii.gz", phantom.case.truth, geometry, kind="mask")
     record = phantom.description() | {"name": name}
     (out / f"{name}_lesions.json").write_text(json.dumps(record, indent=2) + "\n")
     logger.info("wrote phantom %r (%d lesions) to %s", name, len(phantom.lesions), out)
