@@ -1,0 +1,278 @@
+"""Lesion candidates: 3D connected components of a probability volume, one table row each.
+
+The studies find lesion candidates by thresholding the lesion probability at
+0.10 and taking 3D connected components with 26-connectivity (faces, edges and
+corners touch); a candidate's confidence is the mean probability of its voxels.
+:func:`lesion_table` does exactly that and measures each component in voxels,
+mm^3 and world millimetres, with NumPy / SciPy reductions over the labelled
+volume (the only Python loop runs over lesions, for the longest diameter).
+
+Label values are the lesion ids, ordered by decreasing confidence, so lesion 1
+is always the most confident one whatever the scan order of the volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from napari_metseg.case import Geometry
+from napari_metseg.errors import GeometryError
+
+logger = logging.getLogger(__name__)
+
+#: Neighbourhood size -> rank passed to ``ndimage.generate_binary_structure``.
+CONNECTIVITY_RANK: dict[int, int] = {6: 1, 18: 2, 26: 3}
+
+#: Columns of the lesion table, in order (units in the names; indices 0-based).
+COLUMNS: tuple[str, ...] = (
+    "label",
+    "voxels",
+    "volume_mm3",
+    "diameter_mm",
+    "confidence",
+    "max_probability",
+    "centroid_slice",
+    "centroid_row",
+    "centroid_col",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "slice_start",
+    "slice_stop",
+    "row_start",
+    "row_stop",
+    "col_start",
+    "col_stop",
+    "first_slice",
+    "last_slice",
+)
+
+#: Components with at most this many voxels get their diameter from all voxel
+#: pairs; larger ones from the vertices of their convex hull.
+_HULL_MIN_POINTS = 32
+
+
+class LesionTable(NamedTuple):
+    """A lesion table and its labelled volume; unpacks as ``table, labels``.
+
+    ``table`` is a DataFrame with the :data:`COLUMNS`, one row per lesion;
+    ``labels`` is an int32 volume of the probability's shape where voxel value
+    ``k`` belongs to the lesion in the row whose ``label`` is ``k`` (0 is
+    background).
+    """
+
+    table: pd.DataFrame
+    labels: np.ndarray
+
+
+def lesion_table(
+    probability: np.ndarray,
+    spacing: Sequence[float] | Geometry,
+    threshold: float = 0.10,
+    min_volume_mm3: float = 0.0,
+    affine: np.ndarray | None = None,
+    connectivity: int = 26,
+) -> LesionTable:
+    """Connected components of ``probability >= threshold``, measured.
+
+    ``probability`` has shape ``(slice, row, col)`` (a binary mask works too:
+    its confidence is then 1). ``spacing`` is the voxel size in mm along those
+    axes, or a :class:`~napari_metseg.case.Geometry` (which also gives the
+    affine). ``affine`` maps internal indices to RAS+ mm; by default
+    ``diag(spacing)``, i.e. the world origin at voxel ``(0, 0, 0)``.
+    Components smaller than ``min_volume_mm3`` are dropped (the studies'
+    false-positive count uses 10 mm^3); the rest are kept with ``volume >=
+    min_volume_mm3``.
+
+    Per lesion: ``label`` (ids 1..n by decreasing confidence; ties by larger
+    volume, then scan order), ``voxels``, ``volume_mm3``, ``diameter_mm``
+    (see :func:`longest_diameters`), ``confidence`` (mean probability) and
+    ``max_probability``, the voxel centroid in fractional indices and in RAS+ mm
+    (``centroid_x_mm`` = R, ``y`` = A, ``z`` = S), the bounding box as
+    half-open index ranges (``*_start`` inclusive, ``*_stop`` exclusive, NumPy
+    slicing) and the first / last slice holding the lesion (both inclusive).
+    The centroid is the unweighted centre of the component's voxels.
+    """
+    probability = np.asarray(probability)
+    if probability.dtype == bool:
+        probability = probability.astype(np.float32)
+    spacing, affine = resolve_geometry(probability.shape, spacing, affine)
+    if not np.all(np.isfinite(probability)):
+        raise ValueError("probability holds NaN or infinite values")
+    if not np.isfinite(threshold) or not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold!r}")
+    if min_volume_mm3 < 0 or not np.isfinite(min_volume_mm3):
+        raise ValueError(f"min_volume_mm3 must be a finite value >= 0, got {min_volume_mm3!r}")
+    raw, count = label_components(probability >= threshold, connectivity)
+    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+
+    index = np.flatnonzero(raw)
+    component = raw.ravel()[index]
+    voxels = np.bincount(component, minlength=count + 1)[1:]
+    values = probability.ravel()[index].astype(np.float64)
+    confidence = np.bincount(component, weights=values, minlength=count + 1)[1:] / np.maximum(
+        voxels, 1
+    )
+    volume = voxels * voxel_volume
+    keep = volume >= min_volume_mm3
+    order = np.lexsort((np.arange(count), -voxels, -confidence))
+    order = order[keep[order]]
+    new_id = np.zeros(count + 1, dtype=np.int32)
+    new_id[order + 1] = np.arange(1, order.size + 1, dtype=np.int32)
+    labels = new_id[raw]
+    if order.size < count:
+        logger.debug(
+            "dropped %d of %d components below %g mm^3", count - order.size, count, min_volume_mm3
+        )
+
+    coords = np.stack(np.unravel_index(index, probability.shape), axis=1).astype(np.float64)
+    sums = np.stack(
+        [np.bincount(component, weights=coords[:, a], minlength=count + 1)[1:] for a in range(3)],
+        axis=1,
+    )
+    centroid = sums[order] / voxels[order, None]
+    world = centroid @ affine[:3, :3].T + affine[:3, 3]
+    maxima = np.zeros(count + 1)
+    np.maximum.at(maxima, component, values)
+    boxes = ndimage.find_objects(raw)
+    bounds = np.array(
+        [[(boxes[k][a].start, boxes[k][a].stop) for a in range(3)] for k in order], dtype=np.int64
+    ).reshape(-1, 3, 2)
+    diameters = longest_diameters(labels, order.size, affine)
+
+    table = pd.DataFrame(
+        {
+            "label": np.arange(1, order.size + 1, dtype=np.int32),
+            "voxels": voxels[order].astype(np.int64),
+            "volume_mm3": volume[order],
+            "diameter_mm": diameters,
+            "confidence": confidence[order],
+            "max_probability": maxima[order + 1],
+            "centroid_slice": centroid[:, 0],
+            "centroid_row": centroid[:, 1],
+            "centroid_col": centroid[:, 2],
+            "centroid_x_mm": world[:, 0],
+            "centroid_y_mm": world[:, 1],
+            "centroid_z_mm": world[:, 2],
+            "slice_start": bounds[:, 0, 0],
+            "slice_stop": bounds[:, 0, 1],
+            "row_start": bounds[:, 1, 0],
+            "row_stop": bounds[:, 1, 1],
+            "col_start": bounds[:, 2, 0],
+            "col_stop": bounds[:, 2, 1],
+            "first_slice": bounds[:, 0, 0],
+            "last_slice": bounds[:, 0, 1] - 1,
+        },
+        columns=list(COLUMNS),
+    )
+    return LesionTable(table, labels)
+
+
+def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """3D connected components of a boolean ``mask``: ``(int32 labels, count)``.
+
+    ``connectivity`` is 6 (faces), 18 (faces and edges) or 26 (faces, edges and
+    corners, the studies' choice). Labels follow scan order.
+    """
+    if connectivity not in CONNECTIVITY_RANK:
+        raise ValueError(f"connectivity must be one of 6, 18, 26, got {connectivity!r}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise GeometryError(f"a 3D volume (slice, row, col) is needed, got shape {mask.shape}")
+    structure = ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    count = ndimage.label(mask, structure=structure, output=labels)
+    return labels, int(count)
+
+
+def longest_diameters(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:
+    """Longest diameter in mm of labels ``1..count`` of ``labels``, shape ``(count,)``.
+
+    The diameter is the largest, over pairs of the lesion's voxel centres, of
+    their distance plus the width of one voxel along the line joining them
+    (``sum_i |u . a_i|`` for unit direction ``u`` and affine columns ``a_i``):
+    the extent of the voxels themselves along that line, so a digitised ball
+    of diameter ``d`` measures about ``d`` and a single voxel its longest edge.
+    Distances go through ``affine[:3, :3]``, so anisotropic and oblique grids
+    are measured in true mm. Large lesions use their convex hull's vertices.
+    """
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    longest_edge = float(np.linalg.norm(linear, axis=0).max())
+    diameters = np.zeros(count, dtype=np.float64)
+    for k, box in enumerate(ndimage.find_objects(labels, max_label=count)):
+        if box is None:
+            continue
+        offset = np.array([s.start for s in box], dtype=np.float64)
+        points = (np.argwhere(labels[box] == k + 1) + offset) @ linear.T
+        diameters[k] = _diameter(points, linear, longest_edge)
+    return diameters
+
+
+def _diameter(points: np.ndarray, linear: np.ndarray, longest_edge: float) -> float:
+    if len(points) > _HULL_MIN_POINTS:
+        try:
+            points = points[ConvexHull(points, qhull_options="QJ").vertices]
+        except QhullError:
+            logger.debug("convex hull failed for %d points; using all pairs", len(points))
+    difference = points[:, None, :] - points[None, :, :]
+    distance = np.linalg.norm(difference, axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        direction = difference / distance[..., None]
+    extent = np.abs(direction @ linear).sum(axis=2)
+    extent[distance == 0] = longest_edge
+    return float((distance + extent).max())
+
+
+def resolve_geometry(
+    shape: tuple[int, ...],
+    spacing: Sequence[float] | Geometry,
+    affine: np.ndarray | None,
+) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Check a volume's shape, spacing and affine; return ``(spacing, 4x4 affine)``.
+
+    A :class:`Geometry` gives both (and must match ``shape``). Without an affine
+    the default is ``diag(spacing)``; with one, its column lengths must equal
+    ``spacing`` (within 0.1 %), so the two can never silently disagree.
+    """
+    if len(shape) != 3:
+        raise GeometryError(f"a 3D volume (slice, row, col) is needed, got shape {shape}")
+    if isinstance(spacing, Geometry):
+        if tuple(shape) != spacing.shape:
+            raise GeometryError(f"volume shape {shape} does not match the grid {spacing.shape}")
+        if affine is None:
+            affine = spacing.affine
+        spacing = spacing.spacing
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
+        raise GeometryError(f"spacing must be 3 positive sizes in mm, got {spacing!r}")
+    if affine is None:
+        return values, np.diag([*values, 1.0])
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise GeometryError(f"affine must be a finite 4x4 matrix, got {affine!r}")
+    lengths = np.linalg.norm(matrix[:3, :3], axis=0)
+    if not np.allclose(lengths, values, rtol=1e-3):
+        raise GeometryError(
+            f"spacing {values} mm disagrees with the affine's voxel size {tuple(lengths.round(4))} mm"
+        )
+    return values, matrix
+
+
+def write_lesion_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a lesion table as CSV (no index column; floats as written by pandas)."""
+    table.to_csv(path, index=False)
+
+
+def write_lesion_mask(path: str | os.PathLike, labels: np.ndarray, geometry: Geometry) -> None:
+    """Write a labelled lesion volume as NIfTI on the grid of the case's source file."""
+    from napari_metseg.io import write_volume
+
+    write_volume(path, labels, geometry, kind="mask")
