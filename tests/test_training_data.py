@@ -1,0 +1,138 @@
+"""Training data: split files, settings, cached preparation, slice sampling, batches."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_metseg.case import Geometry
+from napari_metseg.errors import ReadError
+from napari_metseg.preprocess import PreprocessConfig
+from napari_metseg.training import datasets
+from napari_metseg.training.config import TrainConfig
+from napari_metseg.training.datasets import (
+    SliceSampler,
+    TrainingCase,
+    load_split,
+    make_batch,
+    prepare_cases,
+)
+
+
+def toy_case(n_slices: int, lesion_slices: list[int], size: int = 8) -> TrainingCase:
+    """Slice ``z`` of sequence ``s`` holds the value ``10 * s + z`` everywhere."""
+    n_seq = 2
+    values = 10 * np.arange(n_seq)[:, None] + np.arange(n_slices)[None, :]
+    volumes = np.broadcast_to(values[:, :, None, None], (n_seq, n_slices, size, size))
+    mask = np.zeros((n_slices, size, size), dtype=bool)
+    for z in lesion_slices:
+        mask[z, 2, 1] = True
+    geometry = Geometry((n_slices, size, size), np.eye(4), (n_slices, size, size), np.eye(4))
+    return TrainingCase(
+        "toy",
+        volumes.astype(np.float16),
+        np.array([True, True]),
+        np.ones(n_slices, dtype=bool),
+        mask.astype(np.uint8),
+        mask,
+        geometry,
+    )
+
+
+def test_split_file_resolves_relative_paths(tmp_path):
+    split = tmp_path / "splits" / "split.json"
+    split.parent.mkdir()
+    split.write_text(json.dumps({"train": ["../cases/a", "phantom:7"], "val": ["/data/b"]}))
+    loaded = load_split(split)
+    assert loaded["train"] == [str((tmp_path / "cases" / "a").resolve()), "phantom:7"]
+    assert loaded["val"] == ["/data/b"] and loaded["test"] == []
+
+
+def test_split_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"training": []}))
+    with pytest.raises(ReadError, match="training"):
+        load_split(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ReadError, match="bad.json"):
+        load_split(bad)
+
+
+def test_config_round_trip_and_typed_overrides(tmp_path):
+    config = TrainConfig().with_overrides(
+        ["lr=1e-4", "val_sequences=cube_pre,flair", "sequence-dropout=false", "split=none"]
+    )
+    assert config.lr == 1e-4 and config.val_sequences == ("cube_pre", "flair")
+    assert config.sequence_dropout is False and config.split is None
+    config.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == config
+    assert TrainConfig().alpha == 3.0 and TrainConfig().oversample == 10.0
+    assert TrainConfig().sequence_dropout and TrainConfig().dropout_rate == 0.25
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("iterations=ten", "'ten'"),
+        ("amp=maybe", "'maybe'"),
+        ("colour=red", "'colour=red'"),
+        ("loss=dice", "'dice'"),
+        ("val_sequences=t2", "t2"),
+    ],
+)
+def test_bad_overrides_name_the_value(override, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        TrainConfig().with_overrides([override])
+
+
+def test_sampler_oversamples_lesion_slices():
+    cases = [toy_case(10, [3]), toy_case(10, [])]
+    sampler = SliceSampler(cases, oversample=10.0)
+    # 20 slices, one with a lesion: weight 10 against 19
+    assert len(sampler) == 20
+    picks = sampler.sample(np.random.default_rng(0), 29000)
+    share = sum(pick == (0, 3) for pick in picks) / len(picks)
+    assert share == pytest.approx(10 / 29, abs=0.01)
+
+
+def test_sampler_skips_slices_without_tissue():
+    case = toy_case(6, [2])
+    case.tissue[:] = False
+    assert SliceSampler([case]).sample(np.random.default_rng(0), 5) == [(0, 2)] * 5
+
+
+def test_batch_layout_edges_and_flip():
+    cases = [toy_case(6, [0])]
+    x, y, present = make_batch(cases, [(0, 0), (0, 5)], context=1)
+    assert x.shape == (2, 6, 8, 8) and x.dtype == np.float32
+    # sequence-major, edge slice repeated: [s0 z-1, z, z+1, s1 z-1, z, z+1]
+    assert x[0, :, 0, 0].tolist() == [0, 0, 1, 10, 10, 11]
+    assert x[1, :, 0, 0].tolist() == [4, 5, 5, 14, 15, 15]
+    assert y.shape == (2, 8, 8) and y[0, 2, 1] and not y[1].any()
+    assert present.tolist() == [[True, True], [True, True]]
+    flips = [make_batch(cases, [(0, 0)], 1, np.random.default_rng(s))[1][0, 2, 6] for s in range(8)]
+    assert any(flips) and not all(flips)
+
+
+def test_prepare_cases_censors_and_caches(tmp_path, monkeypatch):
+    specs = ["phantom:3", "phantom:4"]
+    config = PreprocessConfig(size=32)
+    shared = {"phantom_spacing": 4.0, "cache_dir": tmp_path}
+    cases, record = prepare_cases(specs, ("bravo", "flair"), config, **shared)
+    assert record.n_removed == 0 and len(list(tmp_path.glob("*.npz"))) == 2
+    case = cases[0]
+    assert case.volumes.shape == (2, case.truth.shape[0], 32, 32)
+    assert case.volumes.dtype == np.float16 and case.mask.any()
+
+    def no_reading(*args):
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(datasets, "load_case", no_reading)
+    censored, record = prepare_cases(
+        specs, ("bravo", "flair"), config, censor_rate=1.0, censor_mode="size", **shared
+    )
+    assert record.n_removed == record.n_lesions > 0
+    assert not any(item.truth.any() or item.mask.any() for item in censored)
+    assert np.array_equal(censored[0].volumes, case.volumes)  # read back from the cache
