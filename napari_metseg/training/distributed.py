@@ -107,6 +107,18 @@ def broadcast_flag(context: DistributedContext, flag: bool) -> bool:
     return bool(tensor.item())
 
 
+def broadcast_buffers(context: DistributedContext, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP syncs buffers at the start of each forward pass, so after the last
+    step each replica holds the statistics of its own last batch; this makes
+    the replicas whole copies of rank 0 again.
+    """
+    if context.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's parameters and buffers, to check that replicas agree."""
     digest = hashlib.sha256()
