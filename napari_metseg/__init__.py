@@ -27,6 +27,15 @@ _API: dict[str, str] = {
     "PhantomConfig": "napari_metseg.phantom",
     "make_phantom": "napari_metseg.phantom",
     "write_phantom": "napari_metseg.phantom",
+    "LesionTable": "napari_metseg.lesions",
+    "lesion_table": "napari_metseg.lesions",
+    "CaseEvaluation": "napari_metseg.metrics",
+    "DatasetEvaluation": "napari_metseg.metrics",
+    "evaluate_case": "napari_metseg.metrics",
+    "evaluate_dataset": "napari_metseg.metrics",
+    "hanley_mcneil_ci": "napari_metseg.metrics",
+    "wilcoxon_rank_sum": "napari_metseg.metrics",
+    "youden_threshold": "napari_metseg.metrics",
 }
 
 __all__ = sorted(_API)
