@@ -29,6 +29,8 @@ _API: dict[str, str] = {
     "write_phantom": "napari_metseg.phantom",
     "LesionTable": "napari_metseg.lesions",
     "lesion_table": "napari_metseg.lesions",
+    "write_lesion_mask": "napari_metseg.lesions",
+    "write_lesion_table": "napari_metseg.lesions",
     "CaseEvaluation": "napari_metseg.metrics",
     "DatasetEvaluation": "napari_metseg.metrics",
     "evaluate_case": "napari_metseg.metrics",

@@ -105,5 +105,25 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, capsys):
     assert "not on the same grid" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "truth"), str(tmp_path / "pred"), "--out", "x"]) == 2
     assert "no <case>/probability.nii.gz" in capsys.readouterr().err
+    save(tmp_path / "pred" / "a_probability.nii.gz", probability * 255)
+    save(tmp_path / "truth" / "a_seg.nii.gz", truth)
+    assert main(args) == 2
+    assert "values span [0, 229.5]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate", "p", "t", "--out", "o", "--threshold", "1.5"])
+    with pytest.raises(SystemExit):
+        main(["evaluate", "p", "t", "--out", "o", "--hit-distance", "-1"])
+
+
+def test_truth_labels_select_which_values_are_lesion(tmp_path):
+    truth, probability = lesions()
+    truth[10:12, 10:12, 5] = 2  # the second lesion becomes "oedema"
+    save(tmp_path / "pred" / "a_probability.nii.gz", probability)
+    save(tmp_path / "truth" / "a_seg.nii.gz", truth)
+    base = ["evaluate", str(tmp_path / "pred"), str(tmp_path / "truth"), "--out"]
+    assert main([*base, str(tmp_path / "all")]) == 0
+    assert main([*base, str(tmp_path / "one"), "--truth-labels", "1,3"]) == 0
+    assert pd.read_csv(tmp_path / "all" / "cases.csv")["n_lesions"].tolist() == [2]
+    assert pd.read_csv(tmp_path / "one" / "cases.csv")["n_lesions"].tolist() == [1]
+    with pytest.raises(SystemExit):
+        main([*base, "x", "--truth-labels", "one"])

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from napari_metseg.errors import GeometryError, ReadError
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Pair PRED_DIR/<case>/probability.nii.gz (or <case>_probability.nii.gz) with "
             "TRUTH_DIR/<case>/...seg.nii.gz (or <case>_seg.nii.gz, <case>.nii.gz); truth voxels "
-            "> 0 are lesion. Writes cases.csv, candidates.csv, lesions.csv, summary.json and "
+            "> 0 are lesion (see --truth-labels). Writes cases.csv, candidates.csv, lesions.csv, summary.json and "
             "PR / ROC / size-sensitivity plots to --out."
         ),
     )
@@ -59,23 +60,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--hit-distance",
-        type=float,
+        type=_non_negative,
         default=1.0,
         help="mm from a truth voxel within which a candidate's centre counts (default 1)",
     )
     parser.add_argument(
         "--min-volume",
-        type=float,
+        type=_non_negative,
         default=10.0,
         help="mm^3 limit of the second false-positive count (default 10)",
     )
+    parser.add_argument(
+        "--truth-labels",
+        type=_labels,
+        default=None,
+        help="comma-separated truth label values that are lesion (default: every value > 0; "
+        "BraTS-METS enhancing tumour and necrosis without oedema: 1,3)",
+    )
     parser.set_defaults(func=run)
+
+
+def _labels(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,3, got {text!r}") from error
+    if any(value <= 0 for value in values):
+        raise argparse.ArgumentTypeError(f"label values must be > 0, got {text!r}")
+    return values
 
 
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite value >= 0, got {value}")
     return value
 
 
@@ -173,11 +198,17 @@ def run(args: argparse.Namespace) -> None:
                 f"case {name}: {prediction_path} ({prediction.geometry.summary()}) and "
                 f"{truth_path} ({truth.geometry.summary()}) are not on the same grid"
             )
+        low, high = float(prediction.data.min()), float(prediction.data.max())
+        if low < 0.0 or high > 1.0:
+            raise ReadError(
+                f"{prediction_path}: values span [{low:g}, {high:g}]; a probability map in "
+                "[0, 1] is needed"
+            )
         logger.info("[%d/%d] evaluating %s", index, len(pairs), name)
         results.append(
             evaluate_case(
                 prediction.data,
-                truth.data > 0,
+                _lesion_mask(truth.data, args.truth_labels),
                 prediction.geometry,
                 threshold=args.threshold,
                 candidate_threshold=args.candidate_threshold,
@@ -201,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
         "candidate_threshold": args.candidate_threshold,
         "hit_distance_mm": args.hit_distance,
         "fp_min_volume_mm3": args.min_volume,
+        "truth_labels": list(args.truth_labels) if args.truth_labels else "all > 0",
     }
     summary = {
         "settings": settings,
@@ -213,6 +245,13 @@ def run(args: argparse.Namespace) -> None:
     plot_size_sensitivity(dataset, out / "sensitivity_by_size.png")
     print(format_table(cases, dataset.summary()))
     logger.info("results written to %s", out)
+
+
+def _lesion_mask(truth: np.ndarray, labels: tuple[int, ...] | None) -> np.ndarray:
+    """Truth voxels counted as lesion: every value > 0, or only the given label values."""
+    if labels is None:
+        return truth > 0
+    return np.isin(np.rint(truth).astype(np.int64), labels)
 
 
 def _records(results: list, attribute: str) -> pd.DataFrame:

@@ -168,6 +168,7 @@ def evaluate_case(
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold!r}")
     voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    histogram = voxel_histogram(probability, truth_mask)
 
     table, candidate_labels = lesion_table(
         probability, spacing, candidate_threshold, affine=affine, connectivity=connectivity
@@ -211,7 +212,7 @@ def evaluate_case(
         ),
         candidates=candidates,
         lesions=lesions,
-        histogram=voxel_histogram(probability, truth_mask),
+        histogram=histogram,
     )
     logger.debug("%s: %s", name, result.summary())
     return result
