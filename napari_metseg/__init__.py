@@ -38,6 +38,14 @@ _API: dict[str, str] = {
     "hanley_mcneil_ci": "napari_metseg.metrics",
     "wilcoxon_rank_sum": "napari_metseg.metrics",
     "youden_threshold": "napari_metseg.metrics",
+    "weighted_ce": "napari_metseg.losses",
+    "bootstrap": "napari_metseg.losses",
+    "lopsided_bootstrap": "napari_metseg.losses",
+    "LopsidedBootstrapLoss": "napari_metseg.losses",
+    "censor_lesions": "napari_metseg.training.censoring",
+    "TrainConfig": "napari_metseg.training.config",
+    "TrainResult": "napari_metseg.training.loop",
+    "train": "napari_metseg.training.loop",
 }
 
 __all__ = sorted(_API)
