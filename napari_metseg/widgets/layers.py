@@ -31,6 +31,8 @@ LayerData = tuple[np.ndarray, dict[str, Any], str]
 PROBABILITY_LAYER = "probability"
 LESIONS_LAYER = "lesions"
 TRUTH_LAYER = "truth"
+#: Prefix of the per-sequence saliency layers (``saliency bravo``, ...).
+SALIENCY_LAYER = "saliency"
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _MASK_NAME = re.compile(r"(^|[_\-. ])(seg|mask|labels?|truth|gt)($|[_\-. ])", re.IGNORECASE)
@@ -225,6 +227,30 @@ def probability_layer_kwargs(geometry: Geometry) -> dict[str, Any]:
     }
 
 
+def saliency_layers(maps: Mapping[str, np.ndarray], geometry: Geometry) -> list[LayerData]:
+    """One heat-map Image layer per sequence's saliency volume (the first one visible).
+
+    ``maps`` holds ``|dL/dX|`` per sequence, each of ``geometry.shape``; the
+    contrast tops out at the 99.5th percentile of all maps so they compare.
+    """
+    values = [np.asarray(volume, dtype=np.float32) for volume in maps.values()]
+    top = max((float(np.percentile(v, 99.5)) for v in values), default=1.0) or 1.0
+    layers = []
+    for index, (sequence, volume) in enumerate(zip(maps, values, strict=True)):
+        kwargs = {
+            "name": f"{SALIENCY_LAYER} {sequence}",
+            "affine": geometry.napari_affine,
+            "metadata": layer_metadata(geometry, "saliency", sequence),
+            "colormap": "viridis",
+            "blending": "additive",
+            "opacity": 0.7,
+            "contrast_limits": (0.0, top),
+            "visible": index == 0,
+        }
+        layers.append((volume, kwargs, "image"))
+    return layers
+
+
 def lesion_features(table) -> Any:
     """The lesion table as Labels ``features``: napari finds rows by their ``index`` column."""
     features = table.copy()
@@ -239,7 +265,8 @@ def show_layer(
     """Add a layer, or update the same-named layer of that type in place.
 
     Updating keeps the user's display settings (opacity, colormap, visibility)
-    while the data, placement, metadata and features follow the new result.
+    while the data, placement, metadata and features follow the new result
+    (and the contrast limits of a saliency map, whose range changes every time).
     """
     name = kwargs["name"]
     if name in viewer.layers and type(viewer.layers[name]).__name__.lower() == layer_type:
@@ -249,5 +276,7 @@ def show_layer(
         layer.metadata = kwargs["metadata"]
         if "features" in kwargs:
             layer.features = kwargs["features"]
+        if kwargs["metadata"].get("role") == "saliency":
+            layer.contrast_limits = kwargs["contrast_limits"]
         return layer
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)

@@ -34,6 +34,7 @@ class SegmentPanel(QGroupBox):
     """Choices for a run and its progress; emits requests the workbench handles."""
 
     run_requested = Signal()
+    model_changed = Signal()
     cancel_requested = Signal()
     lesion_settings_changed = Signal()
 
@@ -42,6 +43,7 @@ class SegmentPanel(QGroupBox):
         self.model_combo = QComboBox()
         self.model_combo.addItem(BUNDLED, None)
         self.model_combo.setToolTip("the bundled model, or a model file you chose")
+        self.model_combo.currentIndexChanged.connect(self.model_changed)
         self.browse_button = QPushButton("Model file...")
         self.browse_button.clicked.connect(self._browse_model)
         self.device_combo = QComboBox()

@@ -1,9 +1,10 @@
-"""Running the engine off the GUI thread.
+"""Running the core's long work off the GUI thread.
 
-:func:`segmentation_worker` wraps model loading and
-:func:`napari_metseg.engine.segment` in a napari thread worker. Progress
-travels from the worker thread through a Qt signal (queued to the GUI
-thread); cancellation through a ``threading.Event`` the engine checks.
+:func:`background` wraps any core function (segmentation, saliency,
+sequence importance) in a napari thread worker. Progress travels from the
+worker thread through a Qt signal (queued to the GUI thread); cancellation
+through a ``threading.Event`` the core checks; ``idle`` is set when the
+function has returned or raised, so closing the viewer can wait for it.
 """
 
 from __future__ import annotations
@@ -45,26 +46,19 @@ def run_segmentation(
     )
 
 
-def segmentation_worker(
-    load_model: Callable[[], Any],
-    case: Case,
-    present: Sequence[str],
-    device: str,
-    relay: ProgressRelay,
-    cancel: threading.Event,
+def background(
+    function: Callable[..., Any], idle: threading.Event, *args: Any, **kwargs: Any
 ) -> FunctionWorker:
-    """An unstarted worker that returns the probability volume (shape ``case.shape``).
+    """An unstarted worker running ``function(*args, **kwargs)``; sets ``idle`` when done.
 
     Errors are left to the caller's ``errored`` handler (none are re-raised).
     """
-    return create_worker(
-        run_segmentation,
-        load_model,
-        case,
-        present,
-        device,
-        relay.report,
-        cancel,
-        _start_thread=False,
-        _ignore_errors=True,
-    )
+    idle.clear()
+
+    def run() -> Any:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            idle.set()
+
+    return create_worker(run, _start_thread=False, _ignore_errors=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from napari_metseg.saliency import SaliencyResult
 from qtpy.QtCore import Qt
 
 from napari_metseg.case import SEQUENCES
 from napari_metseg.errors import SequenceError
 from napari_metseg.widgets import workbench as workbench_module
 from napari_metseg.widgets.layers import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
-from napari_metseg.widgets.workbench import Workbench
+from napari_metseg.widgets.workbench import LESION_TABLE_WIDGET, Workbench
 
 pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
@@ -150,3 +151,118 @@ def test_cancel_stops_the_run(qtbot, viewer_with_case, fake_engine, notification
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
     assert notifications["info"] == ["segmentation cancelled"]
     assert PROBABILITY_LAYER not in viewer_with_case.layers
+
+
+@pytest.fixture
+def segmented(qtbot, viewer_with_case, fake_engine, tiny_case):
+    """A workbench that has segmented the tiny case (two blobs) with bravo switched off."""
+    fake_engine.probability = _two_blobs(tiny_case.shape)
+    _, widget = viewer_with_case.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+    widget.case_panel.set_present("bravo", False)
+    _run_and_wait(qtbot, widget)
+    return widget
+
+
+def test_results_open_the_lesion_table_dock(segmented):
+    assert f"{LESION_TABLE_WIDGET} (napari-metseg)" in segmented.viewer.window.dock_widgets
+    assert segmented.lesion_table.proxy.rowCount() == 2
+
+
+def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
+    qtbot, segmented, monkeypatch, tiny_case
+):
+    calls = []
+
+    def fake_saliency(case, model, present, mask, slice_index, device, progress, cancel):
+        calls.append({"present": present, "mask": mask, "slice": slice_index})
+        maps = {s: np.full(case.shape, i + 1.0, np.float32) for i, s in enumerate(present)}
+        return SaliencyResult(maps, {s: i + 1.0 for i, s in enumerate(present)}, {0: 1.0})
+
+    monkeypatch.setattr(workbench_module, "lesion_saliency", fake_saliency)
+    viewer = segmented.viewer
+    segmented.lesion_table.select_lesion(2)
+    assert "lesion 2" in segmented.explain_panel.target_label.text()
+    qtbot.mouseClick(segmented.explain_panel.saliency_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: segmented.worker is None, timeout=TIMEOUT_MS)
+    (call,) = calls
+    assert call["present"] == ("cube_pre", "cube_post", "flair")
+    np.testing.assert_array_equal(call["mask"], viewer.layers[LESIONS_LAYER].data == 2)
+    names = [f"saliency {s}" for s in call["present"]]
+    assert [viewer.layers[n].visible for n in names] == [True, False, False]
+    assert [viewer.layers[n].metadata["role"] for n in names] == ["saliency"] * 3
+    bars = segmented.explain_panel.canvas.sequence_axes.patches
+    assert [round(bar.get_height(), 3) for bar in bars] == [round(v / 6, 3) for v in (1, 2, 3)]
+    assert segmented.case_panel.present() == ("cube_pre", "cube_post", "flair")
+
+
+def test_sequence_importance_switches_each_present_sequence_off(
+    qtbot, segmented, fake_engine, monkeypatch
+):
+    from napari_metseg import importance
+
+    monkeypatch.setattr(importance, "segment", fake_engine)
+    qtbot.mouseClick(segmented.explain_panel.importance_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: segmented.worker is None, timeout=TIMEOUT_MS)
+    assert [call["present"] for call in fake_engine.calls[1:]] == [
+        ("cube_post", "flair"),
+        ("cube_pre", "flair"),
+        ("cube_pre", "cube_post"),
+    ]
+    table = segmented.explain_panel.importance_table
+    assert table.rowCount() == 4
+    assert [table.item(row, 0).text() for row in range(4)] == [
+        "(all on)",
+        "cube_pre",
+        "cube_post",
+        "flair",
+    ]
+    assert {table.item(row, 2).text() for row in range(4)} == {"0"}
+
+
+def test_explaining_before_a_run_is_a_notification(make_napari_viewer, notifications):
+    widget = Workbench(make_napari_viewer())
+    assert widget.explain() is None and widget.rank_sequences() is None
+    assert len(notifications["error"]) == 2
+    assert "run the segmentation first" in notifications["error"][0]
+
+
+def test_mismatched_layer_grids_are_a_notification(
+    make_napari_viewer, tiny_case, fake_engine, notifications
+):
+    viewer = make_napari_viewer()
+    widget = Workbench(viewer)
+    viewer.add_image(tiny_case.images["bravo"], name="bravo")
+    viewer.add_image(tiny_case.images["flair"][:-1], name="flair")
+    assert widget.run() is None
+    assert fake_engine.calls == []
+    assert "is not on the grid of" in notifications["error"][0]
+
+
+def test_choosing_a_model_shows_its_sequences(make_napari_viewer, monkeypatch, tmp_path):
+    class Config:
+        sequences = ("cube_pre", "cube_post", "flair")
+
+    read = []
+    monkeypatch.setattr(
+        workbench_module, "read_model_config", lambda path: read.append(path) or Config
+    )
+    widget = Workbench(make_napari_viewer())
+    widget.segment_panel.set_model_path(tmp_path / "three.safetensors")
+    assert read == [tmp_path / "three.safetensors"]
+    assert widget.case_panel.sequences == ("cube_pre", "cube_post", "flair")
+
+
+def test_closing_the_viewer_mid_run_stops_the_worker(
+    qtbot, make_napari_viewer, tiny_case, fake_engine
+):
+    fake_engine.block = True
+    viewer = make_napari_viewer()
+    for data, kwargs, layer_type in case_layers(tiny_case):
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+    widget.run()
+    assert fake_engine.started.wait(10)
+    viewer.close()
+    assert widget._idle.is_set() and widget._cancel.is_set()
+    assert widget.worker is None
+    qtbot.wait(50)
