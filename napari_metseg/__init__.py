@@ -17,6 +17,8 @@ _API: dict[str, str] = {
     "Geometry": "napari_metseg.case",
     "SEQUENCES": "napari_metseg.case",
     "MetsegError": "napari_metseg.errors",
+    "sequence_importance": "napari_metseg.importance",
+    "compare_lesions": "napari_metseg.importance",
     "Volume": "napari_metseg.io",
     "read_case": "napari_metseg.io",
     "read_volume": "napari_metseg.io",
