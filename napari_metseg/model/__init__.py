@@ -1,0 +1,35 @@
+"""The sequence-dropout 2.5D DeepLabv3: configuration, architectures, dropout, files."""
+
+from napari_metseg.model.architecture import MetsegNet, build_model
+from napari_metseg.model.config import (
+    BACKBONES,
+    INTEGRATIONS,
+    LIGHT_BACKBONE,
+    SHARINGS,
+    ModelConfig,
+)
+from napari_metseg.model.dropout import apply_presence, sequence_dropout
+from napari_metseg.model.files import (
+    default_model_path,
+    load_model,
+    read_model_config,
+    read_model_description,
+    save_model,
+)
+
+__all__ = [
+    "BACKBONES",
+    "INTEGRATIONS",
+    "LIGHT_BACKBONE",
+    "SHARINGS",
+    "MetsegNet",
+    "ModelConfig",
+    "apply_presence",
+    "build_model",
+    "default_model_path",
+    "load_model",
+    "read_model_config",
+    "read_model_description",
+    "save_model",
+    "sequence_dropout",
+]
