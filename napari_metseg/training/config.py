@@ -38,8 +38,9 @@ class TrainConfig:
     readers); ``cache_dir`` for pre-processed ``.npz`` files.
 
     Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
-    ``context`` neighbours per side. Model: ``architecture``, ``backbone``,
-    ``pretrained`` (see :class:`napari_metseg.model.ModelConfig`).
+    ``context`` neighbours per side. Model: ``integration``, ``sharing``,
+    ``backbone`` (see :class:`napari_metseg.model.ModelConfig`), and
+    ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
@@ -66,9 +67,10 @@ class TrainConfig:
     sequences: tuple[str, ...] = SEQUENCES
     size: int = 256
     context: int = 2
-    architecture: str = "input"
+    integration: str = "input"
+    sharing: str = "shared"
     backbone: str = "resnet50"
-    pretrained: bool = False
+    tied_weight: float = 1e-4
     sequence_dropout: bool = True
     dropout_rate: float = 0.25
     loss: str = "weighted_ce"

@@ -49,6 +49,7 @@ from napari_metseg.model import (
 )
 from napari_metseg.preprocess import PreprocessConfig, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
+from napari_metseg.saliency import CumulativeSaliency
 from napari_metseg.training.config import TrainConfig
 from napari_metseg.training.datasets import (
     SliceSampler,
@@ -122,9 +123,9 @@ def model_config(config: TrainConfig) -> ModelConfig:
     """The model description a training configuration implies."""
     return ModelConfig(
         sequences=tuple(config.sequences),
-        architecture=config.architecture,
+        integration=config.integration,
+        sharing=config.sharing,
         backbone=config.backbone,
-        pretrained=config.pretrained,
         preprocess=PreprocessConfig(size=config.size, context=config.context),
     )
 
@@ -176,8 +177,7 @@ class _Run:
         self.use_amp = config.amp and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.loss = make_loss(config.loss, config.alpha, config.beta)
-        n_offsets = 2 * config.context + 1
-        self.saliency = np.zeros((len(config.sequences), n_offsets), dtype=np.float64)
+        self.saliency = CumulativeSaliency(tuple(config.sequences), config.context)
         self.iteration = 0
         self.best_score = -math.inf
         self.best_iteration = -1
@@ -194,7 +194,7 @@ class _Run:
             "scaler": self.scaler.state_dict(),
             "best_score": self.best_score,
             "best_iteration": self.best_iteration,
-            "saliency": self.saliency,
+            "saliency": self.saliency.state(),
             "validations": self.validations,
             "config": self.config.to_json(),
         }
@@ -211,7 +211,7 @@ class _Run:
         self.iteration = int(state["iteration"])
         self.best_score = float(state["best_score"])
         self.best_iteration = int(state["best_iteration"])
-        self.saliency = np.asarray(state["saliency"], dtype=np.float64)
+        self.saliency.load_state(state["saliency"])
         self.validations = list(state["validations"])
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
@@ -351,24 +351,27 @@ def _step(
     if config.sequence_dropout:
         generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         inputs, presence = sequence_dropout(
-            inputs, presence, p=config.dropout_rate, context=config.context, generator=generator
+            inputs,
+            len(config.sequences),
+            p=config.dropout_rate,
+            generator=generator,
+            available=presence,
         )
     else:
-        inputs = apply_presence(inputs, presence, context=config.context)
+        inputs = apply_presence(inputs, presence)
     inputs.requires_grad_(True)
     run.model.train()
     with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
         logits = run.model(inputs)
     loss = run.loss(logits.float(), target)
+    if config.sharing == "l2_tied":
+        loss = loss + config.tied_weight * run.network.tied_penalty()
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     scale = run.scaler.get_scale()  # the input gradient below is scaled by it too
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    gradient = inputs.grad.detach().float().abs() / scale
-    n_offsets = 2 * config.context + 1
-    per_group = gradient.reshape(gradient.shape[0], -1, n_offsets, *gradient.shape[2:])
-    run.saliency += per_group.sum(dim=(0, 3, 4)).double().cpu().numpy()
+    run.saliency.update(inputs.grad / scale)
     return float(loss.detach())
 
 
@@ -384,7 +387,7 @@ def _predict(run: _Run, case: TrainingCase, present: np.ndarray) -> np.ndarray:
             chunk = slices[start : start + VALIDATION_BATCH]
             x = torch.from_numpy(stack_25d(case.volumes, chunk, config.context).astype(np.float32))
             presence = flags.expand(chunk.size, -1)
-            x = apply_presence(x, presence, context=config.context).to(device)
+            x = apply_presence(x, presence).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
                 logits = run.network(x)
             probability[chunk] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
@@ -437,7 +440,7 @@ def _validate(run: _Run, cases: list[TrainingCase], present: np.ndarray) -> None
 
 def _save(run: _Run, path: Path, metadata: dict[str, Any]) -> None:
     training = {"config": run.config.to_json(), **metadata}
-    save_model(run.network, run.model_config, path, training=training)
+    save_model(run.network, path, {"training": training})
 
 
 def _log_row(run: _Run, loss: float, lr: float, seconds: float) -> None:
@@ -447,13 +450,12 @@ def _log_row(run: _Run, loss: float, lr: float, seconds: float) -> None:
         "lr": lr,
         "seconds": round(seconds, 2),
     }
-    total = run.saliency.sum() or 1.0
-    for name, value in zip(run.config.sequences, run.saliency.sum(axis=1), strict=True):
+    total = float(run.saliency.totals.sum()) or 1.0
+    for name, value in run.saliency.per_sequence.items():
         row[f"saliency_{name}"] = value / total
-    offsets = range(-run.config.context, run.config.context + 1)
-    for offset, value in zip(offsets, run.saliency.sum(axis=0), strict=True):
+    for offset, value in run.saliency.per_offset.items():
         row[f"saliency_offset_{offset:+d}"] = value / total
-    row["saliency_total"] = float(run.saliency.sum())
+    row["saliency_total"] = float(run.saliency.totals.sum())
     _append_csv(run.out / "log.csv", row)
 
 

@@ -34,7 +34,7 @@ from napari_metseg.importance import sequence_importance
 from napari_metseg.lesions import lesion_table
 from napari_metseg.model import load_model, read_model_config
 from napari_metseg.progress import ProgressCallback
-from napari_metseg.saliency import SaliencyResult, lesion_saliency
+from napari_metseg.saliency import SaliencyResult, compute_saliency
 from napari_metseg.widgets.case_panel import CasePanel
 from napari_metseg.widgets.explain_panel import ExplainPanel, explain_page
 from napari_metseg.widgets.layers import (
@@ -296,7 +296,7 @@ class Workbench(QWidget):
         progress: ProgressCallback,
         cancel: threading.Event,
     ) -> SaliencyResult:
-        return lesion_saliency(
+        return compute_saliency(
             case,
             self._model(*key),
             present=present,
