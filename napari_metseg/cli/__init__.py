@@ -16,7 +16,7 @@ import sys
 from napari_metseg.errors import Cancelled, MetsegError
 
 #: Sub-command modules under ``napari_metseg.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("info", "phantom", "demo", "train", "evaluate")
+SUBCOMMANDS: tuple[str, ...] = ("info", "phantom", "segment", "evaluate", "train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,60 @@
+"""``metseg segment``: probability and mask of a case with a model, as NIfTI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from napari_metseg.engine import segment
+from napari_metseg.io import read_case, write_volume
+from napari_metseg.lesions import lesion_table, write_lesion_table
+from napari_metseg.model import load_model
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment a case: probability.nii.gz, mask.nii.gz and lesions.csv",
+        description="Segment brain metastases in a case (folder or files) with a MetSeg model.",
+    )
+    parser.add_argument("case", nargs="+", help="case folder, or the files of one case")
+    parser.add_argument("--model", default=None, help="model file or folder (default: bundled)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--sequences",
+        default=None,
+        help="comma-separated sequences switched on (default: all the case has)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument(
+        "--threshold", type=float, default=0.10, help="lesion probability threshold"
+    )
+    parser.add_argument("--mapping", default=None, help="sequence mapping (JSON file or text)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    case = read_case(args.case if len(args.case) > 1 else args.case[0], mapping=args.mapping)
+    model = load_model(args.model)
+    present = None if args.sequences is None else [s.strip() for s in args.sequences.split(",")]
+    with tqdm(total=1, unit="slice", disable=args.no_progress, leave=False) as bar:
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = max(total, 1)
+            bar.n = done
+            bar.set_description(message)
+            bar.refresh()
+
+        probability = segment(case, model, present=present, device=args.device, progress=progress)
+    table, labels = lesion_table(probability, case.geometry, threshold=args.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_volume(args.out / "probability.nii.gz", probability, case.geometry, kind="image")
+    write_volume(args.out / "mask.nii.gz", labels > 0, case.geometry, kind="mask")
+    write_lesion_table(table, args.out / "lesions.csv")
+    print(f"{case.name}: {len(table)} lesions at threshold {args.threshold:g} -> {args.out}")

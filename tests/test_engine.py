@@ -1,0 +1,116 @@
+"""Whole-case inference on the CPU (and on CUDA where there is one)."""
+
+from __future__ import annotations
+
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_metseg.case import SEQUENCES, Case
+from napari_metseg.cli import main
+from napari_metseg.engine import presence_flags, resolve_device, segment
+from napari_metseg.errors import Cancelled, SequenceError
+from napari_metseg.model import ModelConfig, build_model, save_model
+from napari_metseg.phantom import make_phantom, write_phantom
+from napari_metseg.preprocess import PreprocessConfig
+
+SMALL = PreprocessConfig(size=32)
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    return make_phantom(5, n_lesions=3, spacing=6.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A random network whose batch-norm statistics fit its inputs (so outputs vary)."""
+    torch.manual_seed(0)
+    network = build_model(ModelConfig(preprocess=SMALL)).train()
+    with torch.no_grad():
+        for _ in range(10):
+            network(torch.rand(4, network.config.in_channels, 32, 32))
+    return network.eval()
+
+
+def test_segment_gives_a_probability_volume_on_the_case_grid(case, model) -> None:
+    calls = []
+    probability = segment(case, model, device="cpu", progress=lambda *a: calls.append(a))
+    assert probability.shape == case.shape and probability.dtype == np.float32
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
+    assert calls[-1][0] == calls[-1][1] > 0  # progress reached its total
+    # Deterministic on the CPU.
+    np.testing.assert_array_equal(segment(case, model, device="cpu"), probability)
+
+
+def test_empty_slices_are_skipped_with_probability_zero(case, model) -> None:
+    images = {name: image.copy() for name, image in case.images.items()}
+    for image in images.values():
+        image[:3] = 0.0
+    probability = segment(Case(images, case.geometry), model, device="cpu")
+    assert np.all(probability[:3] == 0.0)
+    messages = []
+    segment(Case(images, case.geometry), model, progress=lambda d, t, m: messages.append(m))
+    assert any("empty slices skipped" in message for message in messages)
+
+
+def test_switching_a_sequence_off_changes_the_input(case, model) -> None:
+    all_on = segment(case, model, device="cpu")
+    no_bravo = segment(case, model, present=("cube_pre", "cube_post", "flair"), device="cpu")
+    assert np.abs(all_on - no_bravo).max() > 0
+    # Switching off through a mapping and through flags gives the same result.
+    np.testing.assert_array_equal(
+        segment(case, model, present={"bravo": False}, device="cpu"), no_bravo
+    )
+    # A case that lacks bravo is the same as bravo switched off.
+    lacking = Case({k: v for k, v in case.images.items() if k != "bravo"}, case.geometry)
+    np.testing.assert_array_equal(segment(lacking, model, device="cpu"), no_bravo)
+
+
+def test_presence_errors(case, model) -> None:
+    with pytest.raises(SequenceError):
+        segment(case, model, present=(), device="cpu")
+    with pytest.raises(ValueError, match="unknown sequences"):
+        presence_flags(SEQUENCES, ("t2w",))
+    assert presence_flags(SEQUENCES, [True, False, True, True])["cube_pre"] is False
+
+
+def test_cancel_stops_between_batches(case, model) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        segment(case, model, device="cpu", cancel=cancel)
+
+
+def test_auto_device_without_gpu_is_cpu() -> None:
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert resolve_device("auto").type == "cpu"
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, model) -> None:
+    folder = write_phantom(tmp_path / "case", seed=6, n_lesions=2, spacing=6.0, name="p6")
+    model_path = save_model(model, tmp_path / "model")
+    out = tmp_path / "out"
+    code = main(["segment", str(folder), "--model", str(model_path), "--out", str(out)])
+    assert code == 0
+    reference = nib.load(folder / "p6_bravo.nii.gz")
+    for name in ("probability.nii.gz", "mask.nii.gz"):
+        written = nib.load(out / name)
+        np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
+        assert written.shape == reference.shape
+    assert (out / "lesions.csv").exists()
+    code = main(["segment", str(folder), "--model", str(tmp_path / "absent"), "--out", str(out)])
+    assert code == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_agrees_with_cpu(case, model) -> None:
+    cpu = segment(case, model, device="cpu")
+    gpu = segment(case, model, device="cuda")
+    np.testing.assert_allclose(gpu, cpu, atol=0.05)

@@ -1,0 +1,122 @@
+"""Architectures build, train a step, and round-trip through the model file format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from napari_metseg.errors import ModelFileError
+from napari_metseg.model import (
+    ModelConfig,
+    build_model,
+    load_model,
+    read_model_config,
+    save_model,
+)
+from napari_metseg.preprocess import PreprocessConfig
+
+SMALL = PreprocessConfig(size=32, context=1)
+VARIANTS = [
+    ("input", "shared"),
+    ("mid", "shared"),
+    ("mid", "independent"),
+    ("mid", "l2_tied"),
+    ("end", "shared"),
+    ("end", "l2_tied"),
+    ("subtraction", "shared"),
+]
+
+
+@pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
+def test_variant_forward_backward_and_file_round_trip(integration, sharing, tmp_path) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(integration=integration, sharing=sharing, preprocess=SMALL)
+    model = build_model(config)
+    x = torch.randn(2, config.in_channels, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, 2, 32, 32)
+    logits.logsumexp(dim=1).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+    path = save_model(model, tmp_path / "model", {"note": "test"})
+    loaded = load_model(path)
+    assert loaded.config == config and loaded.metadata["note"] == "test"
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_input_level_uses_torchvision_resnet50_with_20_channels() -> None:
+    model = build_model(ModelConfig(backbone="resnet50"))
+    assert model.backbone.conv1.in_channels == 20
+    assert model.config.in_channels == 20 and model.config.slices_per_sequence == 5
+
+
+def test_shared_branches_share_parameters_and_independent_do_not() -> None:
+    shared = build_model(ModelConfig(integration="mid", sharing="shared", preprocess=SMALL))
+    independent = build_model(
+        ModelConfig(integration="mid", sharing="independent", preprocess=SMALL)
+    )
+    assert len(shared.branches) == 1
+    assert len(independent.branches) == 4
+    first, second = independent.branches[0], independent.branches[1]
+    assert first["0"][0].weight.data_ptr() != second["0"][0].weight.data_ptr()
+
+
+def test_l2_tied_penalty_is_zero_at_start_and_grows_when_branches_diverge() -> None:
+    model = build_model(ModelConfig(integration="end", sharing="l2_tied", preprocess=SMALL))
+    assert float(model.tied_penalty().detach()) == 0.0
+    with torch.no_grad():
+        next(model.branches[1].parameters()).add_(0.5)
+    assert float(model.tied_penalty().detach()) > 0.0
+    assert float(build_model(ModelConfig(preprocess=SMALL)).tied_penalty()) == 0.0
+
+
+def test_single_file_form_in_half_precision(tmp_path) -> None:
+    model = build_model(ModelConfig(preprocess=SMALL))
+    path = save_model(model, tmp_path / "m.safetensors", dtype=torch.float16)
+    assert read_model_config(path) == model.config
+    loaded = load_model(path)
+    assert next(loaded.parameters()).dtype == torch.float32
+    reference = model.state_dict()["head.0.convs.0.0.weight"]
+    torch.testing.assert_close(
+        loaded.state_dict()["head.0.convs.0.0.weight"], reference.half().float()
+    )
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="backbone"):
+        ModelConfig(backbone="vgg")
+    with pytest.raises(ValueError, match="subtraction"):
+        ModelConfig(integration="subtraction", sequences=("bravo", "flair"))
+    assert ModelConfig(backbone="light").backbone == "mobilenet_v3_large"
+    config = ModelConfig(sequences=("cube_pre", "cube_post"), preprocess=SMALL)
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_bad_model_files_raise_model_file_errors(tmp_path) -> None:
+    model = build_model(ModelConfig(preprocess=SMALL))
+    folder = save_model(model, tmp_path / "model")
+
+    with pytest.raises(ModelFileError, match="no model"):
+        load_model(tmp_path / "nothing")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text((folder / "config.json").read_text())
+    (corrupt / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        load_model(corrupt)
+    mismatch = json.loads((folder / "config.json").read_text())
+    mismatch["model"]["sequences"] = ["bravo", "flair"]
+    (folder / "config.json").write_text(json.dumps(mismatch))
+    with pytest.raises(ModelFileError, match="do not match"):
+        load_model(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="unreadable"):
+        load_model(folder)
+    not_ours = tmp_path / "plain.safetensors"
+    not_ours.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ModelFileError, match="not a napari-metseg model"):
+        load_model(not_ours)
