@@ -178,7 +178,7 @@ def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
         maps = {s: np.full(case.shape, i + 1.0, np.float32) for i, s in enumerate(present)}
         return SaliencyResult(maps, {s: i + 1.0 for i, s in enumerate(present)}, {0: 1.0})
 
-    monkeypatch.setattr(workbench_module, "lesion_saliency", fake_saliency)
+    monkeypatch.setattr(workbench_module, "compute_saliency", fake_saliency)
     viewer = segmented.viewer
     segmented.lesion_table.select_lesion(2)
     assert "lesion 2" in segmented.explain_panel.target_label.text()
