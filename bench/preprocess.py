@@ -1,6 +1,6 @@
 """Time pre-processing of a 256 x 256 x 160 four-sequence case, stage by stage.
 
-Usage: ``python bench/preprocess.py [--slices 160] [--size 256] [--repeat 3]``.
+Usage: ``python -m bench.preprocess [--slices 160] [--size 256] [--repeat 3]``.
 The case is a phantom (nilearn's MNI152 template) resampled onto the benchmark
 grid, so CLAHE sees realistic head slices rather than noise. Prints a table of
 the best time per stage over ``--repeat`` runs and the machine it ran on.
