@@ -1,6 +1,6 @@
 """Time lesion_table and evaluate_case on a 160 x 256 x 256 volume with 100 lesions.
 
-Usage: ``python bench/lesions.py [--lesions 100] [--repeat 3] [--seed 0]``.
+Usage: ``python -m bench.lesions [--lesions 100] [--repeat 3] [--seed 0]``.
 Lesions are balls of random radius (1-8 voxels) on 1 x 0.94 x 0.94 mm voxels;
 the probability is a noisy, blurred copy of the truth with some lesions missed
 and some false positives added, so matching and the curves see realistic
@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 from scipy import ndimage
 
+from bench.preprocess import best_of
 from napari_metseg.lesions import lesion_table
 from napari_metseg.metrics import evaluate_case
 
@@ -48,15 +48,6 @@ def synthetic_case(n_lesions: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     smooth = ndimage.gaussian_filter(predicted, 1.0)
     noise = rng.uniform(0.0, 0.05, SHAPE).astype(np.float32)
     return np.clip(smooth + noise, 0.0, 1.0).astype(np.float32), truth
-
-
-def best_of(repeat: int, function) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

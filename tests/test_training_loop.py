@@ -24,7 +24,8 @@ model = pytest.importorskip("napari_metseg.model")
 if not hasattr(model, "build_model"):
     pytest.skip("napari_metseg.model does not provide build_model yet", allow_module_level=True)
 
-from napari_metseg.training import TrainConfig, train  # noqa: E402
+from napari_metseg.training.config import TrainConfig  # noqa: E402
+from napari_metseg.training.loop import train  # noqa: E402
 
 TINY = {
     "synthetic_train": 2,

@@ -1,7 +1,7 @@
 """``metseg train``: train a model from a configuration file plus overrides.
 
-Thin over :func:`napari_metseg.training.train`. Settings come from
-``--config FILE`` (JSON, see :class:`~napari_metseg.training.TrainConfig`),
+Thin over :func:`napari_metseg.training.loop.train`. Settings come from
+``--config FILE`` (JSON, see :class:`~napari_metseg.training.config.TrainConfig`),
 then the explicit flags below, then ``--set key=value`` (any setting). Runs
 under ``torchrun --nproc_per_node N`` for distributed data-parallel training;
 only rank 0 shows the progress bar.
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` of parsed arguments (file, then flags, then ``--set``)."""
     from napari_metseg.errors import MetsegError
-    from napari_metseg.training import TrainConfig
+    from napari_metseg.training.config import TrainConfig
 
     assignments = [
         f"{setting}={getattr(args, setting)}"
@@ -87,7 +87,7 @@ def build_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from napari_metseg.training import train
+    from napari_metseg.training.loop import train
 
     config = build_config(args)
     show = not args.no_progress and os.environ.get("RANK", "0") == "0"
