@@ -13,11 +13,8 @@ from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.cli import main
 from napari_metseg.engine import presence_flags, resolve_device, segment
 from napari_metseg.errors import Cancelled, SequenceError
-from napari_metseg.model import ModelConfig, build_model, save_model
+from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, write_phantom
-from napari_metseg.preprocess import PreprocessConfig
-
-SMALL = PreprocessConfig(size=32)
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +23,8 @@ def case() -> Case:
 
 
 @pytest.fixture(scope="module")
-def model():
-    """A random network whose batch-norm statistics fit its inputs (so outputs vary)."""
-    torch.manual_seed(0)
-    network = build_model(ModelConfig(preprocess=SMALL)).train()
-    with torch.no_grad():
-        for _ in range(10):
-            network(torch.rand(4, network.config.in_channels, 32, 32))
-    return network.eval()
+def model(tiny_model_path):
+    return load_model(tiny_model_path)
 
 
 def test_segment_gives_a_probability_volume_on_the_case_grid(case, model) -> None:
@@ -92,11 +83,10 @@ def test_auto_device_without_gpu_is_cpu() -> None:
             resolve_device("cuda")
 
 
-def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, model) -> None:
+def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, tiny_model_path) -> None:
     folder = write_phantom(tmp_path / "case", seed=6, n_lesions=2, spacing=6.0, name="p6")
-    model_path = save_model(model, tmp_path / "model")
     out = tmp_path / "out"
-    code = main(["segment", str(folder), "--model", str(model_path), "--out", str(out)])
+    code = main(["segment", str(folder), "--model", str(tiny_model_path), "--out", str(out)])
     assert code == 0
     reference = nib.load(folder / "p6_bravo.nii.gz")
     for name in ("probability.nii.gz", "mask.nii.gz"):

@@ -91,25 +91,19 @@ def write_results(
     folder: Path, model_path: Path, out: Path, device: str = "auto", threshold: float = 0.10
 ) -> None:
     """Segment the case in ``folder`` and write sequences, probability, mask and table to ``out``."""
-    from napari_metseg.engine import segment
-    from napari_metseg.io import read_case, write_volume
-    from napari_metseg.lesions import lesion_table
+    from napari_metseg.io import read_case
     from napari_metseg.model import load_model
+    from napari_metseg.pipeline import segment_to_files
 
-    case = read_case(folder)
-    model = load_model(model_path, device="cpu")
-    probability = segment(case, model, device=device, progress=_log_progress)
-    geometry = case.geometry
-    table, labels = lesion_table(
-        probability, geometry.spacing, threshold=threshold, affine=geometry.affine
+    segment_to_files(
+        read_case(folder),
+        load_model(model_path),
+        out,
+        device=device,
+        threshold=threshold,
+        write_sequences=True,
+        progress=_log_progress,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    for sequence, image in case.images.items():
-        write_volume(out / f"{sequence}.nii.gz", image, geometry, kind="image")
-    write_volume(out / "probability.nii.gz", probability, geometry, kind="image")
-    write_volume(out / "mask.nii.gz", labels, geometry, kind="mask")
-    table.to_csv(out / "lesions.csv", index=False)
-    logger.info("%d lesions; results written to %s", len(table), out)
 
 
 def _model_path(path: Path | None) -> Path:

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from tqdm import tqdm
 
-from napari_metseg.engine import segment
-from napari_metseg.io import read_case, write_volume
-from napari_metseg.lesions import lesion_table, write_lesion_table
+from napari_metseg.io import read_case
 from napari_metseg.model import load_model
-
-logger = logging.getLogger(__name__)
+from napari_metseg.pipeline import segment_to_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
-        help="segment a case: probability.nii.gz, mask.nii.gz and lesions.csv",
+        help="segment a case: probability.nii.gz, mask.nii.gz (lesion ids) and lesions.csv",
         description="Segment brain metastases in a case (folder or files) with a MetSeg model.",
     )
     parser.add_argument("case", nargs="+", help="case folder, or the files of one case")
@@ -51,10 +47,7 @@ def run(args: argparse.Namespace) -> None:
             bar.set_description(message)
             bar.refresh()
 
-        probability = segment(case, model, present=present, device=args.device, progress=progress)
-    table, labels = lesion_table(probability, case.geometry, threshold=args.threshold)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_volume(args.out / "probability.nii.gz", probability, case.geometry, kind="image")
-    write_volume(args.out / "mask.nii.gz", labels > 0, case.geometry, kind="mask")
-    write_lesion_table(table, args.out / "lesions.csv")
+        table = segment_to_files(
+            case, model, args.out, present, args.device, args.threshold, progress=progress
+        )
     print(f"{case.name}: {len(table)} lesions at threshold {args.threshold:g} -> {args.out}")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_metseg import engine, model
+from napari_metseg import model
 from napari_metseg.cli import main
 from napari_metseg.cli.demo import sample_folder
 
@@ -35,17 +35,14 @@ def fake_network(monkeypatch):
 
     for module in (model, workbench):
         monkeypatch.setattr(module, "load_model", load_model)
-    for module in (engine, workers):
-        monkeypatch.setattr(module, "segment", segment)
+    monkeypatch.setattr(workers, "segment", segment)
     return calls
 
 
-def test_headless_demo_writes_its_files(cache, tmp_path, fake_network):
+def test_headless_demo_writes_its_files(cache, tmp_path, tiny_model_path):
     out = tmp_path / "out"
-    model_file = tmp_path / "tiny.safetensors"
-    argv = ["demo", "--headless", "--out", str(out), "--model", str(model_file), "--spacing", "4"]
-    assert main(argv) == 0
-    assert fake_network == ["auto"]
+    argv = ["demo", "--headless", "--out", str(out), "--model", str(tiny_model_path)]
+    assert main([*argv, "--spacing", "4", "--threshold", "0.01"]) == 0
     names = {"bravo", "cube_pre", "cube_post", "flair", "probability", "mask"}
     assert {p.name for p in out.iterdir()} == {f"{n}.nii.gz" for n in names} | {"lesions.csv"}
     source = nib.load(next(sample_folder(4.0).glob("*_bravo.nii.gz")))
