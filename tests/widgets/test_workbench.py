@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari_metseg.saliency import SaliencyResult
 from qtpy.QtCore import Qt
 
 from napari_metseg.case import SEQUENCES
 from napari_metseg.errors import SequenceError
+from napari_metseg.saliency import SaliencyResult
 from napari_metseg.widgets import workbench as workbench_module
 from napari_metseg.widgets.layers import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
 from napari_metseg.widgets.workbench import LESION_TABLE_WIDGET, Workbench
