@@ -20,6 +20,10 @@ from napari_metseg.model.config import SUBTRACTION_PAIR, ModelConfig
 
 #: Feature channels at the output of each backbone.
 _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
+#: Batch-norm momentum of every variant (PyTorch's default).
+BATCHNORM_MOMENTUM = 0.1
+#: First MobileNetV3-large block at output stride 16 (the 80-channel stage).
+_MOBILENET_OS16_BLOCK = 7
 
 
 def _backbone(name: str, in_channels: int) -> nn.Module:
@@ -73,6 +77,12 @@ class MetsegNet(nn.Module):
         else:
             self.backbone = _backbone(config.backbone, slices)
             self.head = DeepLabHead(features, config.num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                # torchvision's MobileNetV3 uses momentum 0.01: its running statistics
+                # then lag the weights by hundreds of steps and eval-mode output is
+                # wrong for a network trained from scratch.
+                module.momentum = BATCHNORM_MOMENTUM
         if config.sharing == "l2_tied" and config.integration in ("mid", "end"):
             for branch in self.branches[1:]:
                 branch.load_state_dict(self.branches[0].state_dict())
