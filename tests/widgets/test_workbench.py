@@ -266,3 +266,24 @@ def test_closing_the_viewer_mid_run_stops_the_worker(
     assert widget._idle.is_set() and widget._cancel.is_set()
     assert widget.worker is None
     qtbot.wait(50)
+
+
+def test_real_model_run_and_saliency(qtbot, viewer_with_case, tiny_model_path, tiny_case):
+    """No stand-ins: the engine and saliency run a real (tiny, random) network."""
+    widget = Workbench(viewer_with_case)
+    widget.segment_panel.set_model_path(tiny_model_path)
+    widget.segment_panel.threshold_slider.setValue(0.01)
+    _run_and_wait(qtbot, widget)
+    probability = viewer_with_case.layers[PROBABILITY_LAYER]
+    assert probability.data.shape == tiny_case.shape
+    np.testing.assert_allclose(probability.affine.affine_matrix, tiny_case.geometry.napari_affine)
+    qtbot.waitUntil(lambda: widget.table is not None and len(widget.table) > 0, timeout=TIMEOUT_MS)
+
+    widget.explain()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    overlays = [
+        layer for layer in viewer_with_case.layers if layer.metadata.get("role") == "saliency"
+    ]
+    assert len(overlays) == len(SEQUENCES)
+    assert [layer.visible for layer in overlays] == [True, False, False, False]
+    assert set(widget.saliency.per_sequence) == set(SEQUENCES)
