@@ -57,6 +57,11 @@ _API: dict[str, str] = {
     "TrainConfig": "napari_metseg.training.config",
     "TrainResult": "napari_metseg.training.loop",
     "train": "napari_metseg.training.loop",
+    "FinetuneConfig": "napari_metseg.correction",
+    "Workspace": "napari_metseg.correction",
+    "finetune": "napari_metseg.correction",
+    "accept_lesion": "napari_metseg.correction",
+    "reject_lesion": "napari_metseg.correction",
 }
 
 __all__ = sorted(_API)

@@ -16,7 +16,15 @@ import sys
 from napari_metseg.errors import Cancelled, MetsegError
 
 #: Sub-command modules under ``napari_metseg.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("info", "phantom", "segment", "evaluate", "train", "demo")
+SUBCOMMANDS: tuple[str, ...] = (
+    "info",
+    "phantom",
+    "segment",
+    "evaluate",
+    "train",
+    "finetune",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

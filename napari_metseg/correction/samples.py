@@ -1,0 +1,213 @@
+"""Corrections and the training samples made from them.
+
+A *corrections* volume is uint8 on the case's reference grid ``(slice, row,
+col)``: :data:`LESION` (1) where the user painted a lesion the model missed,
+:data:`NOT_LESION` (2) where the user marked something the model took for a
+lesion (a vessel, a mimic), :data:`UNMARKED` (0) wherever nobody looked.
+Strokes are sparse: a lesion is usually marked by a few voxels inside it, not
+outlined.
+
+Fine-tuning trains on the slices that carry corrections, plus a few
+neighbouring and random slices of the same case so the model does not forget
+what it already knew. Targets per voxel of those slices (network grid):
+
+- marked lesion -> 1, marked not-lesion -> 0, both fully trusted;
+- unmarked, ``unmarked="ignore"`` -> not counted at all (ignored);
+- unmarked, ``unmarked="bootstrap"`` -> the current model's own prediction
+  (1 where its probability reaches ``keep_threshold``, else 0), scored by the
+  lopsided bootstrap, so an unmarked lesion the model starts to see is not
+  punished as background (METHOD.md, "the lopsided bootstrap loss").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_metseg.errors import GeometryError
+
+#: Values of a corrections volume.
+UNMARKED, LESION, NOT_LESION = 0, 1, 2
+#: How unmarked voxels of the training slices count.
+UNMARKED_MODES: tuple[str, ...] = ("bootstrap", "ignore")
+#: Where a sample slice comes from.
+CORRECTED, NEIGHBOUR, RANDOM = "corrected", "neighbour", "random"
+
+
+def empty_corrections(shape: Sequence[int]) -> np.ndarray:
+    """A corrections volume with nothing marked: uint8 zeros of ``shape``."""
+    return np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
+
+
+def check_corrections(corrections: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``corrections`` as uint8 after checking its shape and values (0, 1, 2).
+
+    Raises :class:`~napari_metseg.errors.GeometryError` naming the shapes or
+    values found.
+    """
+    array = np.asarray(corrections)
+    if tuple(array.shape) != tuple(shape):
+        raise GeometryError(
+            f"corrections of shape {array.shape} do not match the case grid {tuple(shape)}"
+        )
+    values = np.unique(array)
+    bad = values[~np.isin(values, (UNMARKED, LESION, NOT_LESION))]
+    if bad.size:
+        raise GeometryError(
+            f"corrections hold values {bad.tolist()}; only 0 (unmarked), 1 (lesion) "
+            "and 2 (not lesion) are allowed"
+        )
+    return array.astype(np.uint8, copy=False)
+
+
+def accept_lesion(corrections: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
+    """Mark every voxel of predicted lesion ``label`` (in a lesion label map) as lesion.
+
+    ``labels`` is an integer map on the case grid (e.g. the ``labels`` of
+    :func:`napari_metseg.lesion_table`). Changes ``corrections`` in place and
+    returns it; raises ``ValueError`` when ``label`` is not in ``labels``.
+    """
+    return _mark(corrections, labels, label, LESION)
+
+
+def reject_lesion(corrections: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
+    """Mark every voxel of predicted lesion ``label`` as not lesion (in place)."""
+    return _mark(corrections, labels, label, NOT_LESION)
+
+
+def _mark(corrections: np.ndarray, labels: np.ndarray, label: int, value: int) -> np.ndarray:
+    if corrections.shape != labels.shape:
+        raise GeometryError(
+            f"labels of shape {labels.shape} do not match corrections {corrections.shape}"
+        )
+    where = labels == label
+    if label <= 0 or not where.any():
+        raise ValueError(f"label {label} is not a lesion of the label map")
+    corrections[where] = value
+    return corrections
+
+
+def corrected_slices(corrections: np.ndarray) -> np.ndarray:
+    """Indices of the slices holding at least one marked voxel, ascending."""
+    return np.flatnonzero(np.any(corrections != UNMARKED, axis=(1, 2)))
+
+
+def to_network_grid(corrections: np.ndarray, size: int) -> np.ndarray:
+    """Resize corrections slices ``(n, rows, cols)`` to ``(n, size, size)`` without losing strokes.
+
+    A network pixel takes a mark when a native pixel it covers carries it
+    (so a one-voxel stroke survives shrinking) or when the native pixel
+    nearest its centre does (so enlarging fills every pixel). A pixel that
+    would carry both marks stays unmarked.
+    """
+    n, rows, cols = corrections.shape
+    row_to = np.minimum(((np.arange(rows) + 0.5) * size / rows).astype(np.int64), size - 1)
+    col_to = np.minimum(((np.arange(cols) + 0.5) * size / cols).astype(np.int64), size - 1)
+    row_from = np.minimum(((np.arange(size) + 0.5) * rows / size).astype(np.int64), rows - 1)
+    col_from = np.minimum(((np.arange(size) + 0.5) * cols / size).astype(np.int64), cols - 1)
+    out = np.zeros((n, size, size), dtype=np.uint8)
+    hits = []
+    for value in (LESION, NOT_LESION):
+        marked = corrections == value
+        hit = marked[:, row_from][:, :, col_from]
+        z, r, c = np.nonzero(marked)
+        hit[z, row_to[r], col_to[c]] = True
+        hits.append(hit)
+    lesion, not_lesion = hits
+    out[lesion & ~not_lesion] = LESION
+    out[not_lesion & ~lesion] = NOT_LESION
+    return out
+
+
+@dataclass
+class CorrectionSamples:
+    """The slices a fine-tuning round trains on.
+
+    ``slices``: int ``(n,)`` centre slice indices; ``kinds``: where each comes
+    from (:data:`CORRECTED`, :data:`NEIGHBOUR`, :data:`RANDOM`); ``marks``:
+    uint8 ``(n, size, size)`` corrections on the network grid.
+    """
+
+    slices: np.ndarray
+    kinds: tuple[str, ...]
+    marks: np.ndarray
+
+    @property
+    def corrected(self) -> np.ndarray:
+        """Bool ``(n,)``: samples from slices that carry corrections."""
+        return np.array([kind == CORRECTED for kind in self.kinds], dtype=bool)
+
+    @property
+    def marked(self) -> np.ndarray:
+        """Bool ``(n, size, size)``: voxels the user marked (lesion or not)."""
+        return self.marks != UNMARKED
+
+
+def select_samples(
+    corrections: np.ndarray,
+    size: int,
+    tissue: np.ndarray | None = None,
+    neighbours: int = 1,
+    random_slices: int = 4,
+    rng: np.random.Generator | None = None,
+) -> CorrectionSamples:
+    """The corrected slices, ``neighbours`` slices on each side of them and
+    ``random_slices`` other slices (with tissue where ``tissue`` is given).
+
+    ``corrections``: uint8 ``(slices, rows, cols)`` on the case grid. Raises
+    ``ValueError`` when nothing is marked.
+    """
+    if neighbours < 0 or random_slices < 0:
+        raise ValueError(
+            f"neighbours and random_slices must be >= 0, got {neighbours}, {random_slices}"
+        )
+    n_slices = corrections.shape[0]
+    corrected = corrected_slices(corrections)
+    if corrected.size == 0:
+        raise ValueError("no corrections: mark a missed lesion or a false positive first")
+    rng = rng or np.random.default_rng(0)
+    usable = np.ones(n_slices, dtype=bool) if tissue is None else np.asarray(tissue, bool).copy()
+    usable[corrected] = False
+    near = np.unique(
+        np.clip(corrected[:, None] + np.arange(-neighbours, neighbours + 1), 0, n_slices - 1)
+    )
+    near = near[usable[near]]
+    usable[near] = False
+    pool = np.flatnonzero(usable)
+    far = np.sort(rng.choice(pool, size=min(random_slices, pool.size), replace=False))
+    slices = np.concatenate([corrected, near, far]).astype(np.int64)
+    kinds = (CORRECTED,) * corrected.size + (NEIGHBOUR,) * near.size + (RANDOM,) * far.size
+    return CorrectionSamples(slices, kinds, to_network_grid(corrections[slices], size))
+
+
+def sample_targets(
+    marks: np.ndarray,
+    unmarked: str = "bootstrap",
+    base_probability: np.ndarray | None = None,
+    keep_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and the unmarked voxels left out of the loss, for ``marks`` ``(n, H, W)``.
+
+    Returns ``target`` uint8 (1 lesion, 0 background) and ``ignore_unmarked``
+    bool, both shaped like ``marks``. Marked voxels always count (1 for
+    :data:`LESION`, 0 for :data:`NOT_LESION`). With ``unmarked="ignore"``
+    every unmarked voxel is ignored, so none becomes a negative; with
+    ``"bootstrap"`` unmarked voxels count with the current model's
+    prediction as target (``base_probability`` ``(n, H, W)`` at
+    ``keep_threshold``).
+    """
+    if unmarked not in UNMARKED_MODES:
+        raise ValueError(f"unmarked must be one of {list(UNMARKED_MODES)}, got {unmarked!r}")
+    free = marks == UNMARKED
+    target = (marks == LESION).astype(np.uint8)
+    if unmarked == "ignore":
+        return target, free
+    if base_probability is None or base_probability.shape != marks.shape:
+        shape = None if base_probability is None else base_probability.shape
+        raise ValueError(
+            f"unmarked='bootstrap' needs the model's probability of shape {marks.shape}, got {shape}"
+        )
+    target[free & (base_probability >= keep_threshold)] = 1
+    return target, np.zeros_like(free)

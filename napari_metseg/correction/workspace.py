@@ -1,0 +1,321 @@
+"""A per-case workspace: model versions made by fine-tuning, undo / redo, autosaved strokes.
+
+Layout of a workspace folder::
+
+    workspace.json        case name and grid, base model (path + SHA-256),
+                          current version, redo stack
+    corrections.npz       the user's strokes (autosaved, atomically)
+    versions/v001/
+        model/            the fine-tuned model (safetensors + config.json)
+        corrections.npz   the corrections it was trained on
+        version.json      parent version, settings, metrics, time
+
+The base model is only ever read: version ``"base"`` stands for it. Every
+fine-tuning round writes a new version whose parent is the current one and
+makes it current; :meth:`Workspace.undo` goes back to the parent and
+:meth:`Workspace.redo` forward again (a new round after an undo drops the redo
+stack, as in an editor; the versions stay on disk). A cancelled round writes
+nothing, so the previous version stays current, and the strokes were saved
+before it started. Every file is written to a temporary file beside it and
+renamed, so a crash never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_metseg.case import Case
+from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
+from napari_metseg.correction.samples import check_corrections, empty_corrections
+from napari_metseg.engine import Presence
+from napari_metseg.errors import MetsegError, ModelFileError
+from napari_metseg.model import MetsegNet, load_model, save_model
+from napari_metseg.model.files import default_model_path
+from napari_metseg.preprocess import PreparedCase
+from napari_metseg.progress import ProgressCallback
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "napari-metseg-workspace/1"
+BASE = "base"
+STATE = "workspace.json"
+CORRECTIONS = "corrections.npz"
+VERSIONS = "versions"
+
+
+class WorkspaceError(MetsegError):
+    """A workspace folder is unusable (unreadable state, wrong case, unknown version)."""
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file, or of every file in a model folder (sorted by name)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(target: Path, content: dict[str, Any]) -> None:
+    text = (json.dumps(content, indent=2) + "\n").encode()
+    _atomic_write(target, lambda stream: stream.write(text))
+
+
+def _write_corrections(target: Path, corrections: np.ndarray) -> None:
+    _atomic_write(target, lambda stream: np.savez_compressed(stream, corrections=corrections))
+
+
+def _read_corrections(path: Path) -> np.ndarray:
+    try:
+        with np.load(path) as data:
+            return data["corrections"].astype(np.uint8)
+    except (OSError, KeyError, ValueError) as error:
+        raise WorkspaceError(f"{path}: unreadable corrections: {error}") from error
+
+
+class Workspace:
+    """Model versions and corrections of one case, kept in ``folder``.
+
+    Open an existing folder with ``Workspace(folder)``; create one with
+    ``Workspace(folder, base_model=..., shape=case.shape, case_name=case.name)``
+    (``base_model`` None or ``"default"``: the bundled model). Reopening
+    restores the corrections, the versions and the current version.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        base_model: str | os.PathLike | None = None,
+        shape: Sequence[int] | None = None,
+        case_name: str = "case",
+    ) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        state_file = self.folder / STATE
+        if state_file.exists():
+            self._state = self._read_state(state_file)
+            if shape is not None and tuple(shape) != tuple(self._state["shape"]):
+                raise WorkspaceError(
+                    f"{self.folder}: workspace of a case with grid {tuple(self._state['shape'])}, "
+                    f"not {tuple(shape)}"
+                )
+        else:
+            if shape is None:
+                raise WorkspaceError(
+                    f"{self.folder}: no workspace there; give the case's grid shape to create one"
+                )
+            if base_model is None or str(base_model) == "default":
+                base_path = default_model_path()
+            else:
+                base_path = Path(base_model).resolve()
+            if not base_path.exists():
+                raise ModelFileError(f"{base_path}: no model there")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._state = {
+                "format": FORMAT,
+                "case": case_name,
+                "shape": [int(s) for s in shape],
+                "base_model": str(base_path),
+                "base_sha256": file_digest(base_path),
+                "current": BASE,
+                "redo": [],
+            }
+            self._save_state()
+        corrections_file = self.folder / CORRECTIONS
+        if corrections_file.exists():
+            self._corrections = check_corrections(
+                _read_corrections(corrections_file), self.shape
+            ).copy()
+        else:
+            self._corrections = empty_corrections(self.shape)
+
+    @staticmethod
+    def _read_state(path: Path) -> dict[str, Any]:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise WorkspaceError(f"{path}: unreadable workspace state: {error}") from error
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise WorkspaceError(f"{path}: not a napari-metseg workspace")
+        return state
+
+    def _save_state(self) -> None:
+        _write_json(self.folder / STATE, self._state)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Grid ``(slice, row, col)`` of the case the workspace belongs to."""
+        return tuple(self._state["shape"])
+
+    @property
+    def base_model(self) -> Path:
+        """The base model file (never written)."""
+        return Path(self._state["base_model"])
+
+    @property
+    def versions(self) -> list[str]:
+        """``"base"`` and every version on disk, oldest first (``v001``, ``v002``...)."""
+        root = self.folder / VERSIONS
+        found = sorted(p.name for p in root.glob("v*") if (p / "version.json").exists())
+        return [BASE, *found]
+
+    @property
+    def current(self) -> str:
+        """The active version."""
+        return self._state["current"]
+
+    @property
+    def can_undo(self) -> bool:
+        return self.current != BASE
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._state["redo"])
+
+    def info(self, version: str) -> dict[str, Any]:
+        """The record of ``version``: parent, settings, metrics, time (base: its path)."""
+        if version == BASE:
+            return {"id": BASE, "parent": None, "path": str(self.base_model)}
+        path = self.folder / VERSIONS / version / "version.json"
+        if not path.exists():
+            raise WorkspaceError(f"{self.folder}: no version {version!r}; have {self.versions}")
+        return json.loads(path.read_text())
+
+    def model_path(self, version: str | None = None) -> Path:
+        """Where the model of ``version`` (default: current) is stored."""
+        version = version or self.current
+        self.info(version)
+        return self.base_model if version == BASE else self.folder / VERSIONS / version / "model"
+
+    def load_model(self, version: str | None = None, device: str = "cpu") -> MetsegNet:
+        """The model of ``version`` (default: the current one)."""
+        return load_model(self.model_path(version), device=device)
+
+    @property
+    def corrections(self) -> np.ndarray:
+        """The current strokes, uint8 on the case grid (a copy)."""
+        with self._lock:
+            return self._corrections.copy()
+
+    def set_corrections(self, corrections: np.ndarray) -> None:
+        """Replace the strokes and autosave them (atomically) to ``corrections.npz``."""
+        checked = check_corrections(corrections, self.shape).copy()
+        with self._lock:
+            self._corrections = checked
+            _write_corrections(self.folder / CORRECTIONS, checked)
+
+    def version_corrections(self, version: str) -> np.ndarray:
+        """The corrections ``version`` was trained on."""
+        if version == BASE:
+            return empty_corrections(self.shape)
+        self.info(version)
+        return _read_corrections(self.folder / VERSIONS / version / CORRECTIONS)
+
+    def add_version(
+        self,
+        model: MetsegNet,
+        corrections: np.ndarray,
+        settings: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> str:
+        """Store ``model`` as a new version, child of the current one, and make it current."""
+        corrections = check_corrections(corrections, self.shape)
+        existing = [int(v[1:]) for v in self.versions if v != BASE]
+        version = f"v{max(existing, default=0) + 1:03d}"
+        folder = self.folder / VERSIONS / version
+        folder.mkdir(parents=True)
+        parent = self.current
+        record = {
+            "id": version,
+            "parent": parent,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "settings": settings or {},
+            "metrics": metrics or {},
+            "n_lesion_marks": int(np.count_nonzero(corrections == 1)),
+            "n_not_lesion_marks": int(np.count_nonzero(corrections == 2)),
+        }
+        save_model(
+            model,
+            folder / "model",
+            {"finetune": {"case": self._state["case"], "version": version, "parent": parent}},
+        )
+        _write_corrections(folder / CORRECTIONS, corrections)
+        _write_json(folder / "version.json", record)
+        self._state["current"] = version
+        self._state["redo"] = []
+        self._save_state()
+        logger.info("workspace %s: version %s (parent %s)", self.folder, version, parent)
+        return version
+
+    def finetune(
+        self,
+        case: Case | PreparedCase,
+        config: FinetuneConfig | None = None,
+        present: Presence = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> FinetuneResult:
+        """One round: fine-tune the current model on the current strokes, store a version.
+
+        The strokes are saved first; when ``cancel`` stops the round
+        (:class:`~napari_metseg.errors.Cancelled`) nothing else is written and
+        the current version stays active.
+        """
+        config = config or FinetuneConfig()
+        corrections = self.corrections
+        with self._lock:
+            _write_corrections(self.folder / CORRECTIONS, corrections)
+        result = finetune(case, self.load_model(), corrections, config, present, progress, cancel)
+        self.add_version(result.model, corrections, config.to_dict(), result.metrics())
+        return result
+
+    def undo(self) -> str:
+        """Make the parent of the current version current; returns it."""
+        if not self.can_undo:
+            raise WorkspaceError("nothing to undo: the base model is active")
+        self._state["redo"].append(self.current)
+        self._state["current"] = self.info(self.current)["parent"]
+        self._save_state()
+        return self.current
+
+    def redo(self) -> str:
+        """Go forward to the version the last undo left; returns it."""
+        if not self.can_redo:
+            raise WorkspaceError("nothing to redo")
+        self._state["current"] = self._state["redo"].pop()
+        self._save_state()
+        return self.current
+
+    def export(self, version: str, path: str | os.PathLike) -> Path:
+        """Write the model of ``version`` to ``path`` (a ``.safetensors`` file or a folder)."""
+        model = self.load_model(version)
+        return save_model(
+            model, path, {"exported_from": {"workspace": str(self.folder), "version": version}}
+        )
