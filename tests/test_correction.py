@@ -10,6 +10,7 @@ from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.correction import (
     LESION,
     NOT_LESION,
+    CorrectionError,
     FinetuneConfig,
     accept_lesion,
     correction_loss,
@@ -110,7 +111,7 @@ def test_samples_are_corrected_then_neighbour_then_random_slices() -> None:
     far = samples.slices[6:]
     assert len(set(far.tolist()) - {0, 1, 4, 5, 6, 11, 12, 13}) == 3
     assert samples.marks[0, 2, 2] == LESION and samples.marks[1, 3, 3] == NOT_LESION
-    with pytest.raises(ValueError, match="no corrections"):
+    with pytest.raises(CorrectionError, match="no corrections"):
         select_samples(empty_corrections((4, 8, 8)), 8)
     with pytest.raises(GeometryError, match="values"):
         check_corrections(np.full((4, 8, 8), 3, dtype=np.uint8), (4, 8, 8))

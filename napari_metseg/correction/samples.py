@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_metseg.errors import GeometryError
+from napari_metseg.errors import GeometryError, MetsegError
 
 #: Values of a corrections volume.
 UNMARKED, LESION, NOT_LESION = 0, 1, 2
@@ -34,6 +34,10 @@ UNMARKED, LESION, NOT_LESION = 0, 1, 2
 UNMARKED_MODES: tuple[str, ...] = ("bootstrap", "ignore")
 #: Where a sample slice comes from.
 CORRECTED, NEIGHBOUR, RANDOM = "corrected", "neighbour", "random"
+
+
+class CorrectionError(MetsegError):
+    """Corrections that cannot drive fine-tuning (nothing marked)."""
 
 
 def empty_corrections(shape: Sequence[int]) -> np.ndarray:
@@ -157,7 +161,7 @@ def select_samples(
     ``random_slices`` other slices (with tissue where ``tissue`` is given).
 
     ``corrections``: uint8 ``(slices, rows, cols)`` on the case grid. Raises
-    ``ValueError`` when nothing is marked.
+    :class:`CorrectionError` when nothing is marked.
     """
     if neighbours < 0 or random_slices < 0:
         raise ValueError(
@@ -166,7 +170,7 @@ def select_samples(
     n_slices = corrections.shape[0]
     corrected = corrected_slices(corrections)
     if corrected.size == 0:
-        raise ValueError("no corrections: mark a missed lesion or a false positive first")
+        raise CorrectionError("no corrections: mark a missed lesion or a false positive first")
     rng = rng or np.random.default_rng(0)
     usable = np.ones(n_slices, dtype=bool) if tissue is None else np.asarray(tissue, bool).copy()
     usable[corrected] = False

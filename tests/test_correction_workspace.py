@@ -1,0 +1,157 @@
+"""Workspace: versions, base model never written, undo / redo, autosave, cancel; metseg finetune."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_metseg.case import SEQUENCES, Case, Geometry
+from napari_metseg.cli import main
+from napari_metseg.correction import (
+    LESION,
+    NOT_LESION,
+    FinetuneConfig,
+    Workspace,
+    WorkspaceError,
+    empty_corrections,
+)
+from napari_metseg.correction.workspace import file_digest
+from napari_metseg.errors import Cancelled
+from napari_metseg.io import write_volume
+from napari_metseg.model import load_model
+
+FAST = FinetuneConfig(mode="fast", iterations=3, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[:24, :24]
+    head = ((rows - 12) ** 2 + (cols - 12) ** 2 < 11**2).astype(np.float32)
+    images = {name: (0.5 + rng.random((6, 24, 24), dtype=np.float32)) * head for name in SEQUENCES}
+    geometry = Geometry((6, 24, 24), np.diag([2.0, 1.0, 1.0, 1.0]), (6, 24, 24), np.eye(4))
+    return Case(images, geometry, name="tiny")
+
+
+def marks() -> np.ndarray:
+    corrections = empty_corrections((6, 24, 24))
+    corrections[2, 10:12, 10] = LESION
+    corrections[3, 5, 5] = NOT_LESION
+    return corrections
+
+
+def test_rounds_make_versions_and_never_touch_the_base(tmp_path, case, tiny_model_path) -> None:
+    base_hash = file_digest(tiny_model_path)
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    assert space.versions == ["base"] and space.current == "base" and not space.can_undo
+    space.set_corrections(marks())
+    result = space.finetune(case, FAST)
+    assert space.current == "v001" and space.info("v001")["parent"] == "base"
+    assert space.info("v001")["metrics"]["corrected_loss_before"] == result.corrected_loss_before
+    np.testing.assert_array_equal(space.version_corrections("v001"), marks())
+    space.finetune(case, FAST)
+    assert space.versions == ["base", "v001", "v002"] and space.info("v002")["parent"] == "v001"
+    assert file_digest(tiny_model_path) == base_hash
+
+    tuned = space.load_model()
+    assert space.undo() == "v001"
+    assert space.undo() == "base"
+    with pytest.raises(WorkspaceError, match="undo"):
+        space.undo()
+    assert space.model_path() == tiny_model_path.resolve()
+    assert space.redo() == "v001" and space.redo() == "v002" and not space.can_redo
+    redone = space.load_model()
+    for name, tensor in tuned.state_dict().items():
+        torch.testing.assert_close(redone.state_dict()[name], tensor)
+
+    space.undo()
+    space.finetune(case, FAST)  # a new round after an undo drops the redo stack
+    assert space.current == "v003" and space.info("v003")["parent"] == "v001"
+    assert not space.can_redo
+
+    exported = space.export("v002", tmp_path / "export.safetensors")
+    again = load_model(exported)
+    for name, tensor in tuned.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
+    assert file_digest(tiny_model_path) == base_hash
+
+
+def test_corrections_autosave_and_reload(tmp_path, case, tiny_model_path) -> None:
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    space.finetune(case, FAST)
+    del space
+    reopened = Workspace(tmp_path / "ws")
+    np.testing.assert_array_equal(reopened.corrections, marks())
+    assert reopened.current == "v001" and reopened.shape == case.shape
+    assert not list((tmp_path / "ws").glob(".*tmp"))  # no temporary file left behind
+    with pytest.raises(WorkspaceError, match="grid"):
+        Workspace(tmp_path / "ws", shape=(6, 24, 25))
+    with pytest.raises(WorkspaceError, match="no workspace"):
+        Workspace(tmp_path / "elsewhere")
+
+
+def test_cancel_keeps_the_version_and_the_strokes(tmp_path, case, tiny_model_path) -> None:
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    space.finetune(case, FAST)
+    strokes = marks()
+    strokes[4, 12, 12] = LESION
+    space.set_corrections(strokes)
+    cancel = threading.Event()
+
+    def progress(done: int, total: int, message: str) -> None:
+        cancel.set()
+
+    config = FinetuneConfig(mode="fast", iterations=50, device="cpu")
+    with pytest.raises(Cancelled):
+        space.finetune(case, config, progress=progress, cancel=cancel)
+    assert space.current == "v001" and space.versions == ["base", "v001"]
+    np.testing.assert_array_equal(Workspace(tmp_path / "ws").corrections, strokes)
+
+
+def test_metseg_finetune_writes_a_new_model(tmp_path, case, tiny_model_path) -> None:
+    folder = tmp_path / "case"
+    for name, image in case.images.items():
+        write_volume(folder / f"tiny_{name}.nii.gz", image, case.geometry)
+    write_volume(tmp_path / "corrections.nii.gz", marks(), case.geometry, kind="mask")
+    base_hash = file_digest(tiny_model_path)
+    out = tmp_path / "tuned"
+    code = main(
+        [
+            "finetune",
+            str(folder),
+            "--corrections",
+            str(tmp_path / "corrections.nii.gz"),
+            "--model",
+            str(tiny_model_path),
+            "--out",
+            str(out),
+            "--iterations",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    tuned = load_model(out)
+    assert tuned.metadata["finetune"]["mode"] == "fast"
+    assert file_digest(tiny_model_path) == base_hash
+    write_volume(tmp_path / "empty.nii.gz", np.zeros(case.shape), case.geometry, kind="mask")
+    code = main(
+        ["finetune", str(folder), "--corrections", str(tmp_path / "empty.nii.gz")]
+        + ["--model", str(tiny_model_path), "--out", str(out), "--no-progress"]
+    )
+    assert code == 2
