@@ -24,6 +24,7 @@ _API: dict[str, str] = {
     "sequence_dropout": "napari_metseg.model",
     "apply_presence": "napari_metseg.model",
     "segment": "napari_metseg.engine",
+    "Segmenter": "napari_metseg.engine",
     "compute_saliency": "napari_metseg.saliency",
     "CumulativeSaliency": "napari_metseg.saliency",
     "sequence_importance": "napari_metseg.importance",

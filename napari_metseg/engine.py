@@ -1,23 +1,31 @@
 """Whole-case inference: pre-processing, batched 2.5D prediction, back to the case grid.
 
-:func:`segment` is what the GUI, the CLI and scripts call. It runs on CUDA,
-then Apple MPS, then the CPU (``device="auto"``); on a GPU it uses autocast
-(bf16 where supported, else fp16), channels-last memory, pinned host memory
-and as large a batch as fits (halving it on out-of-memory). Slices without
-head tissue are skipped (probability 0). Progress goes to a plain callback and
-a ``threading.Event`` cancels between batches.
+A :class:`Segmenter` holds a model on its device, configured once and called
+on cases (like nnU-Net's predictor); :func:`segment` is the one-call
+convenience that the GUI, the CLI and scripts use. Devices: CUDA, then Apple
+MPS, then the CPU (``device="auto"``). On a GPU the engine uses autocast (bf16
+where supported, else fp16), pinned host memory and as large a batch as fits
+(halving it on out-of-memory, freeing the cache each time). Every device gets
+channels-last memory (on the CPU it also speeds up oneDNN's depthwise
+convolutions of the light backbone). Slices without head tissue are skipped
+(probability 0) and counted in :class:`SegmentationInfo`. Progress goes to a
+plain callback and a ``threading.Event`` cancels between batches. On the CPU
+the result is deterministic for a given model and input.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from napari_metseg.case import Case
+from napari_metseg.errors import MetsegError, ModelFileError, SequenceError
 from napari_metseg.model import MetsegNet, apply_presence
 from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
@@ -30,17 +38,30 @@ START_BATCH = {"cuda": 64, "mps": 16, "cpu": 8}
 Presence = Sequence[str] | Sequence[bool] | Mapping[str, bool] | None
 
 
+class DeviceError(MetsegError, ValueError):
+    """The requested compute device does not exist on this machine."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA, else Apple MPS, else CPU; other names are checked."""
+    """``auto`` -> CUDA, else Apple MPS, else CPU; an explicit name is checked.
+
+    Raises :class:`DeviceError` (also a ``ValueError``) for a device PyTorch
+    cannot find.
+    """
     if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise DeviceError(f"unknown device {device!r}: {error}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but PyTorch finds no CUDA device")
+        raise DeviceError("device 'cuda' was asked for, but PyTorch finds no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' was asked for, but PyTorch finds no Apple MPS device")
     return device
 
 
@@ -48,7 +69,8 @@ def presence_flags(sequences: Sequence[str], present: Presence) -> dict[str, boo
     """Normalise the ways a caller names present sequences into ``{name: bool}``.
 
     ``present`` may be ``None`` (all), a collection of names, a bool per model
-    sequence, or a mapping; unknown names raise ``ValueError`` naming them.
+    sequence, or a mapping; unknown names raise :class:`SequenceError` naming
+    them.
     """
     if present is None:
         return dict.fromkeys(sequences, True)
@@ -60,13 +82,181 @@ def presence_flags(sequences: Sequence[str], present: Presence) -> dict[str, boo
         unknown = set(present) - set(sequences)
     else:
         if len(present) != len(sequences):
-            raise ValueError(
+            raise SequenceError(
                 f"{len(present)} presence flags for the {len(sequences)} sequences {sequences}"
             )
         return {name: bool(flag) for name, flag in zip(sequences, present, strict=True)}
     if unknown:
-        raise ValueError(f"unknown sequences {sorted(unknown)}; the model uses {list(sequences)}")
+        raise SequenceError(
+            f"unknown sequences {sorted(unknown)}; the model uses {list(sequences)}"
+        )
     return flags
+
+
+@dataclass(frozen=True)
+class SegmentationInfo:
+    """How a case was segmented: what the GUI shows and the logs record.
+
+    ``slices`` counts the slices of the case, ``skipped`` those without head
+    tissue (not run through the network, probability 0). ``present`` lists
+    the model sequences fed (the others were zeros). ``batch_size`` is the
+    one that finally fitted; ``seconds`` is the network time alone.
+    """
+
+    slices: int
+    skipped: int
+    present: tuple[str, ...]
+    device: str
+    precision: str
+    batch_size: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Lesion probability ``(slice, row, col)`` float32 on the case grid, and how it came."""
+
+    probability: np.ndarray
+    info: SegmentationInfo
+
+
+class Segmenter:
+    """A model on its device, ready to segment case after case.
+
+    ``batch_size`` fixes the slices per batch (default: per device,
+    :data:`START_BATCH`, halved on out-of-memory and remembered for the
+    next case). The model is moved to the device and put in eval mode once.
+    """
+
+    def __init__(
+        self,
+        model: MetsegNet,
+        device: str | torch.device = "auto",
+        batch_size: int | None = None,
+    ) -> None:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        # Channels-last suits cuDNN's tensor cores and oneDNN's depthwise kernels alike.
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.batch_size = batch_size or START_BATCH.get(self.device.type, 8)
+        self.dtype = (
+            torch.bfloat16
+            if self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float16
+        )
+        self.autocast = self.device.type in ("cuda", "mps")
+
+    @property
+    def precision(self) -> str:
+        """``bfloat16`` / ``float16`` under autocast on a GPU, ``float32`` on the CPU."""
+        return str(self.dtype).removeprefix("torch.") if self.autocast else "float32"
+
+    def __call__(
+        self,
+        case: Case,
+        present: Presence = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Segmentation:
+        """Segment ``case``; see :func:`segment` for ``present``.
+
+        Raises :class:`~napari_metseg.errors.ModelFileError` when the case
+        holds none of the model's sequences (the model does not fit the case),
+        :class:`~napari_metseg.errors.SequenceError` when the user switched
+        every sequence off.
+        """
+        progress = progress or no_progress
+        config = self.model.config
+        if not set(case.sequences) & set(config.sequences):
+            raise ModelFileError(
+                f"the model reads sequences {list(config.sequences)}, but case {case.name!r} "
+                f"holds only {list(case.sequences)}; map the case's files to the model's "
+                "sequences or choose a model trained on them"
+            )
+        flags = presence_flags(config.sequences, present)
+        progress(0, 1, "pre-processing")
+        prepared = prepare_case(case, config.sequences, flags, config.preprocess)
+        check_cancel(cancel)
+        stack, info = self.predict_prepared(prepared, progress, cancel)
+        return Segmentation(restore_slices(stack, prepared.native_shape), info)
+
+    def predict_prepared(
+        self,
+        prepared: PreparedCase,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[np.ndarray, SegmentationInfo]:
+        """Probability ``(n_slices, size, size)`` of a prepared case (0 on skipped slices)."""
+        progress = progress or no_progress
+        slices = np.flatnonzero(prepared.tissue)
+        skipped = prepared.tissue.size - slices.size
+        if skipped:
+            logger.info(
+                "skipping %d of %d slices without head tissue", skipped, prepared.tissue.size
+            )
+        n_slices, size = prepared.volumes.shape[1], prepared.volumes.shape[2]
+        probability = np.zeros((n_slices, size, size), dtype=np.float32)
+        present = torch.from_numpy(prepared.present).to(self.device)
+        message = f"segmenting on {self.device.type}" + (
+            f" ({skipped} empty slices skipped)" if skipped else ""
+        )
+        started = time.perf_counter()
+        done = 0
+        progress(0, slices.size, message)
+        try:
+            while done < slices.size:
+                check_cancel(cancel)
+                chunk = slices[done : done + self.batch_size]
+                try:
+                    probability[chunk] = self._predict_batch(prepared, chunk, present)
+                except torch.OutOfMemoryError:
+                    if self.batch_size == 1:
+                        raise
+                    self.batch_size //= 2
+                    self._free_memory()
+                    logger.info("out of memory: batch size halved to %d", self.batch_size)
+                    continue
+                done += chunk.size
+                progress(done, slices.size, message)
+        except BaseException:
+            self._free_memory()
+            raise
+        info = SegmentationInfo(
+            slices=n_slices,
+            skipped=int(skipped),
+            present=tuple(
+                name
+                for name, flag in zip(prepared.sequences, prepared.present, strict=True)
+                if flag
+            ),
+            device=str(self.device),
+            precision=self.precision,
+            batch_size=self.batch_size,
+            seconds=time.perf_counter() - started,
+        )
+        return probability, info
+
+    def _predict_batch(
+        self, prepared: PreparedCase, chunk: np.ndarray, present: torch.Tensor
+    ) -> np.ndarray:
+        x = torch.from_numpy(stack_25d(prepared.volumes, chunk, prepared.config.context))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = apply_presence(x.to(self.device, non_blocking=True), present)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast),
+        ):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+
+    def _free_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
 
 def segment(
@@ -81,18 +271,13 @@ def segment(
     """Lesion probability of every voxel of ``case``: float32, shape ``case.shape``.
 
     ``present`` switches model sequences off (they are fed as zeros and the
-    rest scaled by n/k); sequences the case lacks are absent anyway, and case
-    sequences the model does not know are ignored. ``model`` is moved to the
-    chosen device.
+    rest scaled by n/k): ``None`` (all), names, a bool per model sequence, or
+    a mapping name -> bool. Sequences the case lacks are absent anyway, and
+    case sequences the model does not know are ignored (logged). ``model``
+    is moved to the chosen device. For the skipped-slice count and timings,
+    call a :class:`Segmenter` instead.
     """
-    progress = progress or no_progress
-    config = model.config
-    flags = presence_flags(config.sequences, present)
-    progress(0, 1, "pre-processing")
-    prepared = prepare_case(case, config.sequences, flags, config.preprocess)
-    check_cancel(cancel)
-    stack = predict_prepared(prepared, model, device, batch_size, progress, cancel)
-    return restore_slices(stack, prepared.native_shape)
+    return Segmenter(model, device, batch_size)(case, present, progress, cancel).probability
 
 
 def predict_prepared(
@@ -103,61 +288,6 @@ def predict_prepared(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
-    """Probability ``(n_slices, size, size)`` of a prepared case (0 on skipped slices)."""
-    progress = progress or no_progress
-    device = resolve_device(device)
-    model.to(device).eval()
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    slices = np.flatnonzero(prepared.tissue)
-    skipped = prepared.tissue.size - slices.size
-    if skipped:
-        logger.info("skipping %d of %d slices without head tissue", skipped, prepared.tissue.size)
-    n_slices, size = prepared.volumes.shape[1], prepared.volumes.shape[2]
-    probability = np.zeros((n_slices, size, size), dtype=np.float32)
-    present = torch.from_numpy(prepared.present)
-    batch = batch_size or START_BATCH.get(device.type, 8)
-    done = 0
-    message = f"segmenting on {device.type}" + (
-        f" ({skipped} empty slices skipped)" if skipped else ""
-    )
-    progress(0, slices.size, message)
-    while done < slices.size:
-        check_cancel(cancel)
-        chunk = slices[done : done + batch]
-        try:
-            probability[chunk] = _predict_batch(prepared, chunk, model, present, device)
-        except torch.OutOfMemoryError:
-            if batch == 1:
-                raise
-            batch //= 2
-            torch.cuda.empty_cache()
-            logger.info("out of memory: batch size halved to %d", batch)
-            continue
-        done += chunk.size
-        progress(done, slices.size, message)
-    return probability
-
-
-def _predict_batch(
-    prepared: PreparedCase,
-    chunk: np.ndarray,
-    model: MetsegNet,
-    present: torch.Tensor,
-    device: torch.device,
-) -> np.ndarray:
-    x = torch.from_numpy(stack_25d(prepared.volumes, chunk, prepared.config.context))
-    gpu = device.type in ("cuda", "mps")
-    if device.type == "cuda":
-        x = x.pin_memory()
-    x = apply_presence(x.to(device, non_blocking=True), present.to(device))
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    dtype = (
-        torch.bfloat16
-        if device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else torch.float16
-    )
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=gpu):
-        logits = model(x)
-    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+    """Probability ``(n_slices, size, size)`` of an already prepared case (benchmarks, fine-tuning)."""
+    stack, _ = Segmenter(model, device, batch_size).predict_prepared(prepared, progress, cancel)
+    return stack

@@ -11,10 +11,19 @@ import torch
 
 from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.cli import main
-from napari_metseg.engine import presence_flags, resolve_device, segment
-from napari_metseg.errors import Cancelled, SequenceError
+from napari_metseg.engine import DeviceError, Segmenter, presence_flags, resolve_device, segment
+from napari_metseg.errors import Cancelled, ModelFileError, SequenceError
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, write_phantom
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,22 @@ def test_empty_slices_are_skipped_with_probability_zero(case, model) -> None:
     probability = segment(Case(images, case.geometry), model, device="cpu")
     assert np.all(probability[:3] == 0.0)
     messages = []
-    segment(Case(images, case.geometry), model, progress=lambda d, t, m: messages.append(m))
+    result = Segmenter(model, "cpu")(
+        Case(images, case.geometry), progress=lambda d, t, m: messages.append(m)
+    )
     assert any("empty slices skipped" in message for message in messages)
+    np.testing.assert_array_equal(result.probability, probability)
+    assert result.info.skipped >= 3 and result.info.slices == case.shape[0]
+    assert result.info.present == SEQUENCES and result.info.precision == "float32"
+
+
+def test_segmenter_batch_size_does_not_change_the_result(case, model) -> None:
+    whole = Segmenter(model, "cpu", batch_size=64)(case)
+    single = Segmenter(model, "cpu", batch_size=1)(case)
+    np.testing.assert_allclose(single.probability, whole.probability, atol=1e-5)
+    assert single.info.batch_size == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        Segmenter(model, "cpu", batch_size=0)
 
 
 def test_switching_a_sequence_off_changes_the_input(case, model) -> None:
@@ -64,8 +87,11 @@ def test_switching_a_sequence_off_changes_the_input(case, model) -> None:
 def test_presence_errors(case, model) -> None:
     with pytest.raises(SequenceError):
         segment(case, model, present=(), device="cpu")
-    with pytest.raises(ValueError, match="unknown sequences"):
+    with pytest.raises(SequenceError, match="unknown sequences"):
         presence_flags(SEQUENCES, ("t2w",))
+    foreign = Case({"t2w": case.images["bravo"]}, case.geometry, name="foreign")
+    with pytest.raises(ModelFileError, match="holds only"):
+        segment(foreign, model, device="cpu")
     assert presence_flags(SEQUENCES, [True, False, True, True])["cube_pre"] is False
 
 
@@ -79,8 +105,10 @@ def test_cancel_stops_between_batches(case, model) -> None:
 def test_auto_device_without_gpu_is_cpu() -> None:
     if not torch.cuda.is_available() and not torch.backends.mps.is_available():
         assert resolve_device("auto").type == "cpu"
-        with pytest.raises(ValueError, match="CUDA"):
+        with pytest.raises(DeviceError, match="CUDA"):
             resolve_device("cuda")
+    with pytest.raises(DeviceError, match="tpu9"):
+        resolve_device("tpu9")
 
 
 def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, tiny_model_path) -> None:
@@ -96,11 +124,17 @@ def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, tiny_model_path
     assert (out / "lesions.csv").exists()
     code = main(["segment", str(folder), "--model", str(tmp_path / "absent"), "--out", str(out)])
     assert code == 2
+    code = main(
+        ["segment", str(folder), "--model", str(tiny_model_path), "--out", str(out)]
+        + ["--sequences", "bravo,t2w"]
+    )
+    assert code == 2
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_agrees_with_cpu(case, model) -> None:
     cpu = segment(case, model, device="cpu")
-    gpu = segment(case, model, device="cuda")
-    np.testing.assert_allclose(gpu, cpu, atol=0.05)
+    result = Segmenter(model, "cuda")(case)
+    np.testing.assert_allclose(result.probability, cpu, atol=0.05)
+    assert result.info.precision in ("bfloat16", "float16")

@@ -17,7 +17,19 @@ from napari_metseg.model import (
 )
 from napari_metseg.preprocess import PreprocessConfig
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL = PreprocessConfig(size=32, context=1)
+#: Two sequences keep the per-sequence variants small (the subtraction pair).
+PAIR = ("cube_pre", "cube_post")
 VARIANTS = [
     ("input", "shared"),
     ("mid", "shared"),
@@ -32,9 +44,10 @@ VARIANTS = [
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
 def test_variant_forward_backward_and_file_round_trip(integration, sharing, tmp_path) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(integration=integration, sharing=sharing, preprocess=SMALL)
+    config = ModelConfig(sequences=PAIR, integration=integration, sharing=sharing, preprocess=SMALL)
     model = build_model(config)
     x = torch.randn(2, config.in_channels, 32, 32)
+    assert config.in_channels == 6
     logits = model(x)
     assert logits.shape == (2, 2, 32, 32)
     logits.logsumexp(dim=1).mean().backward()
@@ -63,6 +76,28 @@ def test_shared_branches_share_parameters_and_independent_do_not() -> None:
     assert len(independent.branches) == 4
     first, second = independent.branches[0], independent.branches[1]
     assert first["0"][0].weight.data_ptr() != second["0"][0].weight.data_ptr()
+    # A shared branch sees every sequence: its first convolution gets gradient from each.
+    x = torch.zeros(2, shared.config.in_channels, 32, 32)
+    x[:, 3:6] = torch.randn(2, 3, 32, 32)  # cube_pre only
+    shared(x).logsumexp(dim=1).mean().backward()
+    assert shared.branches[0]["0"][0].weight.grad.abs().sum() > 0
+    # The ASPP head reads the four sequences' features side by side.
+    assert shared.head[0].convs[0][0].in_channels == 4 * 960
+
+
+def test_output_stride_changes_resolution_not_parameters() -> None:
+    torch.manual_seed(0)
+    coarse = build_model(ModelConfig(output_stride=16, preprocess=SMALL))
+    fine = build_model(ModelConfig(preprocess=SMALL))
+    assert coarse.config.output_stride == 16 and fine.config.output_stride == 8
+    fine.load_state_dict(coarse.state_dict())  # same names and shapes
+    x = torch.randn(1, coarse.config.in_channels, 64, 64)
+    assert coarse.backbone(x)["out"].shape[-2:] == (4, 4)
+    assert fine.backbone(x)["out"].shape[-2:] == (8, 8)
+    assert fine.eval()(x).shape == (1, 2, 64, 64)
+    assert ModelConfig(backbone="resnet50").output_stride == 8
+    with pytest.raises(ValueError, match="output_stride"):
+        ModelConfig(backbone="resnet50", output_stride=16)
 
 
 def test_l2_tied_penalty_is_zero_at_start_and_grows_when_branches_diverge() -> None:
@@ -84,6 +119,14 @@ def test_single_file_form_in_half_precision(tmp_path) -> None:
     torch.testing.assert_close(
         loaded.state_dict()["head.0.convs.0.0.weight"], reference.half().float()
     )
+
+
+def test_a_file_without_output_stride_loads_at_the_stride_it_was_trained_with(tmp_path) -> None:
+    folder = save_model(build_model(ModelConfig(preprocess=SMALL)), tmp_path / "older")
+    description = json.loads((folder / "config.json").read_text())
+    del description["model"]["output_stride"]
+    (folder / "config.json").write_text(json.dumps(description))
+    assert load_model(folder).config.output_stride == 16
 
 
 def test_config_validation() -> None:

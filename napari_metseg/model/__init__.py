@@ -5,6 +5,7 @@ from napari_metseg.model.config import (
     BACKBONES,
     INTEGRATIONS,
     LIGHT_BACKBONE,
+    OUTPUT_STRIDES,
     SHARINGS,
     ModelConfig,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "BACKBONES",
     "INTEGRATIONS",
     "LIGHT_BACKBONE",
+    "OUTPUT_STRIDES",
     "SHARINGS",
     "MetsegNet",
     "ModelConfig",

@@ -22,12 +22,17 @@ from napari_metseg.model.config import SUBTRACTION_PAIR, ModelConfig
 _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
 #: Batch-norm momentum of every variant (PyTorch's default).
 BATCHNORM_MOMENTUM = 0.1
-#: First MobileNetV3-large block at output stride 16 (the 80-channel stage).
+#: First MobileNetV3-large block at output stride 16 (the 80-channel stage);
+#: output stride 8 turns its stride into dilation for it and every later block.
 _MOBILENET_OS16_BLOCK = 7
 
 
-def _backbone(name: str, in_channels: int) -> nn.Module:
-    """A dilated feature extractor returning ``{"out": features}``; random weights."""
+def _backbone(name: str, in_channels: int, output_stride: int) -> nn.Module:
+    """A dilated feature extractor returning ``{"out": features}``; random weights.
+
+    Output stride 8 or 16 changes strides and dilations only, never the
+    parameters, so both read the same weights.
+    """
     if name == "resnet50":
         backbone = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=2).backbone
         backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -38,7 +43,26 @@ def _backbone(name: str, in_channels: int) -> nn.Module:
         backbone["0"][0] = nn.Conv2d(
             in_channels, 16, kernel_size=3, stride=2, padding=1, bias=False
         )
+        if output_stride == 8:
+            _mobilenet_output_stride_8(backbone)
     return backbone
+
+
+def _mobilenet_output_stride_8(backbone: nn.Module) -> None:
+    """Dilate torchvision's MobileNetV3-large (output stride 16) to output stride 8.
+
+    From block :data:`_MOBILENET_OS16_BLOCK` on, the depthwise convolutions
+    keep stride 1 and double their dilation (2 in the 80-channel stages, 4 in
+    the last stage), as DeepLab does with atrous ResNets: features at 1/8 of
+    the slice keep lesions of a few voxels.
+    """
+    for index in range(_MOBILENET_OS16_BLOCK, len(backbone) - 1):
+        for conv in backbone[str(index)].modules():
+            if isinstance(conv, nn.Conv2d) and conv.groups > 1:
+                dilation = 2 * conv.dilation[0]
+                conv.stride = (1, 1)
+                conv.dilation = (dilation, dilation)
+                conv.padding = ((conv.kernel_size[0] - 1) // 2 * dilation,) * 2
 
 
 class MetsegNet(nn.Module):
@@ -56,26 +80,27 @@ class MetsegNet(nn.Module):
         n_sequences = len(config.sequences)
         features = _FEATURES[config.backbone]
         n_branches = 1 if config.sharing == "shared" else n_sequences
+        stride = config.output_stride
         if config.integration == "input":
-            self.backbone = _backbone(config.backbone, config.in_channels)
+            self.backbone = _backbone(config.backbone, config.in_channels, stride)
             self.head = DeepLabHead(features, config.num_classes)
         elif config.integration == "mid":
             self.branches = nn.ModuleList(
-                _backbone(config.backbone, slices) for _ in range(n_branches)
+                _backbone(config.backbone, slices, stride) for _ in range(n_branches)
             )
             self.head = DeepLabHead(features * n_sequences, config.num_classes)
         elif config.integration == "end":
             self.branches = nn.ModuleList(
                 nn.ModuleDict(
                     {
-                        "backbone": _backbone(config.backbone, slices),
+                        "backbone": _backbone(config.backbone, slices, stride),
                         "head": DeepLabHead(features, config.num_classes),
                     }
                 )
                 for _ in range(n_branches)
             )
         else:
-            self.backbone = _backbone(config.backbone, slices)
+            self.backbone = _backbone(config.backbone, slices, stride)
             self.head = DeepLabHead(features, config.num_classes)
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
