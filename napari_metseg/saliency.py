@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from napari_metseg.case import Case
 from napari_metseg.engine import Presence, presence_flags, resolve_device
+from napari_metseg.errors import GeometryError
 from napari_metseg.model import MetsegNet, apply_presence
 from napari_metseg.preprocess import prepare_case, resize_slices, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
@@ -103,7 +104,9 @@ def compute_saliency(
     Region: the voxels of ``mask`` (a lesion, bool on the case grid), else the
     whole slice ``slice_index``, else the whole volume. The loss compares the
     prediction with ``target`` (bool on the case grid) or, by default, with
-    the model's own prediction thresholded at 0.10.
+    the model's own prediction thresholded at 0.10. Raises
+    :class:`~napari_metseg.errors.GeometryError` for a mask or target off the
+    case grid, ``ValueError`` for a slice outside the case or an empty region.
     """
     progress = progress or no_progress
     config = model.config
@@ -114,10 +117,17 @@ def compute_saliency(
     )
     n_slices, rows, cols = prepared.native_shape
     size, context = config.preprocess.size, config.preprocess.context
+    for name, array in (("mask", mask), ("target", target)):
+        if array is not None and np.shape(array) != case.shape:
+            raise GeometryError(
+                f"saliency {name} has shape {np.shape(array)}, but case {case.name!r} is {case.shape}"
+            )
     region = np.zeros(prepared.native_shape, dtype=bool)
     if mask is not None:
-        region = np.asarray(mask, dtype=bool)
+        region = np.array(mask, dtype=bool)
     elif slice_index is not None:
+        if not 0 <= slice_index < n_slices:
+            raise ValueError(f"slice_index {slice_index} outside [0, {n_slices - 1}]")
         region[slice_index] = True
     else:
         region[:] = True

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from napari_metseg.case import SEQUENCES
+from napari_metseg.errors import GeometryError
 from napari_metseg.model import ModelConfig, build_model
 from napari_metseg.phantom import make_phantom
 from napari_metseg.preprocess import PreprocessConfig
@@ -70,7 +71,17 @@ def test_a_model_that_reads_one_sequence_puts_all_saliency_there(case) -> None:
     assert result.per_sequence["flair"] > 0
     for name in ("bravo", "cube_pre", "cube_post"):
         assert result.per_sequence[name] == 0.0
+        assert not result.maps[name].any()
+    assert result.maps["flair"].any()
     assert result.per_offset[0] == pytest.approx(sum(result.per_offset.values()))
+
+
+def test_regions_off_the_case_are_refused(case) -> None:
+    model = _OnlyFlair()
+    with pytest.raises(GeometryError, match="mask"):
+        compute_saliency(case, model, mask=np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="slice_index"):
+        compute_saliency(case, model, slice_index=case.shape[0])
 
 
 def test_cumulative_saliency_accumulates_groups() -> None:
