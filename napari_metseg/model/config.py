@@ -19,9 +19,6 @@ BACKBONES: tuple[str, ...] = ("resnet50", "mobilenet_v3_large")
 OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"resnet50": (8,), "mobilenet_v3_large": (8, 16)}
 #: The light backbone, also accepted under the name ``"light"``.
 LIGHT_BACKBONE = "mobilenet_v3_large"
-#: Output stride of model files written before it was recorded: the light
-#: backbone ran at 16 then, so such files must not silently change to 8.
-UNRECORDED_OUTPUT_STRIDE: dict[str, int] = {"resnet50": 8, LIGHT_BACKBONE: 16, "light": 16}
 #: Where sequences meet (METHOD.md, "The network").
 INTEGRATIONS: tuple[str, ...] = ("input", "mid", "end", "subtraction")
 #: Weight sharing between the per-sequence branches of ``mid`` and ``end``.
@@ -102,15 +99,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild from :meth:`to_dict`; unknown keys raise ``TypeError``.
-
-        A dict without ``output_stride`` comes from a file written before it
-        was recorded and gets the stride such files were trained with.
-        """
+        """Rebuild from :meth:`to_dict`; unknown keys raise ``TypeError``."""
         data = dict(data)
-        if "output_stride" not in data:
-            data["output_stride"] = UNRECORDED_OUTPUT_STRIDE.get(
-                data.get("backbone", LIGHT_BACKBONE)
-            )
         data["preprocess"] = PreprocessConfig(**data.get("preprocess", {}))
         return cls(**data)
