@@ -121,14 +121,6 @@ def test_single_file_form_in_half_precision(tmp_path) -> None:
     )
 
 
-def test_a_file_without_output_stride_loads_at_the_stride_it_was_trained_with(tmp_path) -> None:
-    folder = save_model(build_model(ModelConfig(preprocess=SMALL)), tmp_path / "older")
-    description = json.loads((folder / "config.json").read_text())
-    del description["model"]["output_stride"]
-    (folder / "config.json").write_text(json.dumps(description))
-    assert load_model(folder).config.output_stride == 16
-
-
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="backbone"):
         ModelConfig(backbone="vgg")
