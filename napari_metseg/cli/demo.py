@@ -122,7 +122,11 @@ def _model_path(path: Path | None) -> Path:
 
 
 def _show(folder: Path, model: Path | None, device: str) -> None:
+    # PyTorch before the viewer: torchvision loads triton, whose LLVM clashes with Mesa's
+    # once a software-rendered OpenGL canvas exists (a segfault under Xvfb).
     import napari
+
+    import napari_metseg.model  # noqa: F401
 
     viewer = napari.Viewer(title="MetSeg demo")
     viewer.open(folder, plugin="napari-metseg")
