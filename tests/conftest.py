@@ -22,3 +22,12 @@ def tiny_model_path(tmp_path_factory):
         for _ in range(10):
             network(torch.rand(4, network.config.in_channels, 32, 32))
     return save_model(network.eval(), tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run fastest on one thread, and do not stall when cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

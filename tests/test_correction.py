@@ -27,17 +27,10 @@ from napari_metseg.errors import GeometryError
 from napari_metseg.model import ModelConfig, build_model, load_model
 from napari_metseg.preprocess import PreprocessConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 #: The blob of the hand-built case: slices 3-4, rows and columns 10-17.
 BLOB = (slice(3, 5), slice(10, 18), slice(10, 18))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not fight over shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,15 +23,9 @@ from napari_metseg.errors import Cancelled
 from napari_metseg.io import write_volume
 from napari_metseg.model import load_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = FinetuneConfig(mode="fast", iterations=3, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

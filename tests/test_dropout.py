@@ -8,14 +8,7 @@ import torch
 from napari_metseg.errors import SequenceError
 from napari_metseg.model import apply_presence, sequence_dropout
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 N_SEQUENCES, SLICES = 4, 5

@@ -16,14 +16,7 @@ from napari_metseg.errors import Cancelled, ModelFileError, SequenceError
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, write_phantom
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from napari_metseg.model import (
 )
 from napari_metseg.preprocess import PreprocessConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = PreprocessConfig(size=32, context=1)

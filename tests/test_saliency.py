@@ -14,14 +14,7 @@ from napari_metseg.phantom import make_phantom
 from napari_metseg.preprocess import PreprocessConfig
 from napari_metseg.saliency import CumulativeSaliency, compute_saliency, saliency_totals
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread, and do not stall when cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = PreprocessConfig(size=32)
