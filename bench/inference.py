@@ -1,7 +1,7 @@
 """Whole-case inference latency per backbone and device, stage by stage.
 
 Usage: ``python -m bench.inference [--slices 160] [--size 256] [--backbones ...]
-[--model PATH] [--threads N]`` from the repository root. The case is the
+[--model PATH] [--threads N] [--precision P]`` from the repository root. The case is the
 benchmark phantom of ``bench/preprocess.py`` (256 x 256 x 160, four
 sequences). For every backbone and output stride (ResNet-50 at 8, MobileNetV3
 at 8 and 16) and device, prints pre-processing, network and post-processing
@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.preprocess import benchmark_case
-from napari_metseg.engine import Segmenter
+from napari_metseg.engine import PRECISIONS, Segmenter
 from napari_metseg.lesions import lesion_table
 from napari_metseg.model import BACKBONES, OUTPUT_STRIDES, ModelConfig, build_model, load_model
 from napari_metseg.preprocess import PreprocessConfig, prepare_case, restore_slices, stack_25d
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     parser.add_argument("--model", default=None, help="time this model file instead")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument(
         "--devices", nargs="+", default=None, help="default: cpu, and cuda if present"
     )
@@ -104,7 +105,7 @@ def main() -> None:
     for label, make in models:
         model = make().eval()
         for name in devices:
-            segmenter = Segmenter(model, name)
+            segmenter = Segmenter(model, name, precision=args.precision)
             device = segmenter.device
             start = time.perf_counter()
             prepared = prepare_case(case, model.config.sequences, config=model.config.preprocess)

@@ -64,6 +64,16 @@ def test_segmenter_batch_size_does_not_change_the_result(case, model) -> None:
         Segmenter(model, "cpu", batch_size=0)
 
 
+def test_bfloat16_on_the_cpu_stays_close_to_float32(case, model) -> None:
+    exact = Segmenter(model, "cpu")(case)
+    fast = Segmenter(model, "cpu", precision="bfloat16")(case)
+    assert exact.info.precision == "float32" and fast.info.precision == "bfloat16"
+    assert fast.probability.dtype == np.float32
+    np.testing.assert_allclose(fast.probability, exact.probability, atol=0.05)
+    with pytest.raises(ValueError, match="precision"):
+        Segmenter(model, "cpu", precision="int8")
+
+
 def test_switching_a_sequence_off_changes_the_input(case, model) -> None:
     all_on = segment(case, model, device="cpu")
     no_bravo = segment(case, model, present=("cube_pre", "cube_post", "flair"), device="cpu")
