@@ -80,8 +80,8 @@ def test_shared_branches_share_parameters_and_independent_do_not() -> None:
 
 def test_output_stride_changes_resolution_not_parameters() -> None:
     torch.manual_seed(0)
-    coarse = build_model(ModelConfig(output_stride=16, preprocess=SMALL))
-    fine = build_model(ModelConfig(preprocess=SMALL))
+    coarse = build_model(ModelConfig(preprocess=SMALL))
+    fine = build_model(ModelConfig(output_stride=8, preprocess=SMALL))
     assert coarse.config.output_stride == 16 and fine.config.output_stride == 8
     fine.load_state_dict(coarse.state_dict())  # same names and shapes
     x = torch.randn(1, coarse.config.in_channels, 64, 64)
