@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from napari_metseg.cli._progress import progress_bar
 from napari_metseg.correction import FinetuneConfig, finetune
 from napari_metseg.correction.finetune import MODES
 from napari_metseg.correction.samples import UNMARKED_MODES
@@ -60,14 +60,7 @@ def run(args: argparse.Namespace) -> None:
         beta=args.beta,
         device=args.device,
     )
-    with tqdm(total=config.iterations, disable=args.no_progress, leave=False) as bar:
-
-        def progress(done: int, total: int, message: str) -> None:
-            bar.total = max(total, 1)
-            bar.n = done
-            bar.set_description(message)
-            bar.refresh()
-
+    with progress_bar(not args.no_progress) as progress:
         result = finetune(case, model, np.round(labels).astype(np.uint8), config, progress=progress)
     save_model(
         result.model,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
+from napari_metseg.cli._progress import progress_bar
 from napari_metseg.io import read_case
 from napari_metseg.model import load_model
 from napari_metseg.pipeline import segment_to_files
@@ -39,14 +38,7 @@ def run(args: argparse.Namespace) -> None:
     case = read_case(args.case if len(args.case) > 1 else args.case[0], mapping=args.mapping)
     model = load_model(args.model)
     present = None if args.sequences is None else [s.strip() for s in args.sequences.split(",")]
-    with tqdm(total=1, unit="slice", disable=args.no_progress, leave=False) as bar:
-
-        def progress(done: int, total: int, message: str) -> None:
-            bar.total = max(total, 1)
-            bar.n = done
-            bar.set_description(message)
-            bar.refresh()
-
+    with progress_bar(not args.no_progress, unit="slice") as progress:
         table = segment_to_files(
             case, model, args.out, present, args.device, args.threshold, progress=progress
         )
