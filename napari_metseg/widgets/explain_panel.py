@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metseg.importance import NONE_OFF
+from napari_metseg.widgets.run_controls import RunControls
 
 #: Headers of the importance table and the columns of its frame.
 _IMPORTANCE_COLUMNS = (
@@ -80,7 +81,7 @@ class AggregateCanvas(FigureCanvasQTAgg):
         self.draw()
 
 
-class ExplainPanel(QGroupBox):
+class ExplainPanel(RunControls, QGroupBox):
     """Saliency of a lesion or slice, and censor-one-out sequence importance."""
 
     saliency_requested = Signal()
@@ -97,6 +98,7 @@ class ExplainPanel(QGroupBox):
             "slice), one overlay per sequence"
         )
         self.importance_button = QPushButton("Sequence importance")
+        self.action_buttons = (self.saliency_button, self.importance_button)
         self.importance_button.setToolTip(
             "segment again with each present sequence switched off in turn and compare lesions"
         )
@@ -131,18 +133,6 @@ class ExplainPanel(QGroupBox):
         layout.addWidget(self.canvas)
         layout.addWidget(QLabel("censor-one-out: lesions against the run with all on"))
         layout.addWidget(self.importance_table)
-
-    def set_running(self, running: bool) -> None:
-        self.saliency_button.setEnabled(not running)
-        self.importance_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if running:
-            self.progress_bar.setRange(0, 0)
-
-    def show_progress(self, done: int, total: int, message: str) -> None:
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(min(done, max(total, 1)))
-        self.status_label.setText(message)
 
     def show_importance(self, frame: pd.DataFrame) -> None:
         """Fill the table from :func:`~napari_metseg.importance.sequence_importance`'s rows."""

@@ -25,12 +25,14 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from napari_metseg.widgets.run_controls import RunControls
+
 #: Default probability threshold for lesion candidates (METHOD.md).
 DEFAULT_THRESHOLD = 0.10
 BUNDLED = "bundled default"
 
 
-class SegmentPanel(QGroupBox):
+class SegmentPanel(RunControls, QGroupBox):
     """Choices for a run and its progress; emits requests the workbench handles."""
 
     run_requested = Signal()
@@ -49,6 +51,7 @@ class SegmentPanel(QGroupBox):
         self.device_combo = QComboBox()
         self._fill_devices()
         self.run_button = QPushButton("Run")
+        self.action_buttons = (self.run_button,)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.run_button.clicked.connect(self.run_requested)
@@ -113,17 +116,6 @@ class SegmentPanel(QGroupBox):
 
     def min_volume_mm3(self) -> float:
         return float(self.min_volume.value())
-
-    def set_running(self, running: bool) -> None:
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if running:
-            self.progress_bar.setRange(0, 0)
-
-    def show_progress(self, done: int, total: int, message: str) -> None:
-        self.progress_bar.setRange(0, max(total, 1))
-        self.progress_bar.setValue(min(done, max(total, 1)))
-        self.status_label.setText(message)
 
     def _fill_devices(self) -> None:
         cuda = torch.cuda.is_available()
