@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_metseg.errors import Cancelled, ReadError
+from napari_metseg.errors import Cancelled, ReadError, SequenceError
 from napari_metseg.losses import make_loss
-from napari_metseg.metrics import evaluate_case, evaluate_dataset
 from napari_metseg.model import (
     ModelConfig,
     apply_presence,
@@ -47,7 +46,7 @@ from napari_metseg.model import (
     save_model,
     sequence_dropout,
 )
-from napari_metseg.preprocess import PreprocessConfig, restore_slices, stack_25d
+from napari_metseg.preprocess import PreprocessConfig
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.saliency import CumulativeSaliency
 from napari_metseg.training.config import TrainConfig
@@ -70,11 +69,9 @@ from napari_metseg.training.distributed import (
     setup_distributed,
     weights_digest,
 )
+from napari_metseg.training.evaluation import evaluate_network
 
 logger = logging.getLogger(__name__)
-
-#: Slices per forward pass when segmenting validation cases.
-VALIDATION_BATCH = 16
 
 
 @dataclass
@@ -377,37 +374,15 @@ def _step(
     return float(loss.detach())
 
 
-def _predict(run: _Run, case: TrainingCase, present: np.ndarray) -> np.ndarray:
-    """Lesion probability ``(n_slices, size, size)`` of a prepared case (non-tissue: 0)."""
-    config, device = run.config, run.context.device
-    flags = torch.from_numpy(case.present & present)
-    probability = np.zeros(case.mask.shape, dtype=np.float32)
-    slices = np.flatnonzero(case.tissue)
-    run.network.eval()
-    with torch.inference_mode():
-        for start in range(0, slices.size, VALIDATION_BATCH):
-            chunk = slices[start : start + VALIDATION_BATCH]
-            x = torch.from_numpy(stack_25d(case.volumes, chunk, config.context).astype(np.float32))
-            presence = flags.expand(chunk.size, -1)
-            x = apply_presence(x, presence).to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
-                logits = run.network(x)
-            probability[chunk] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
-    return probability
-
-
 def _validate(run: _Run, cases: list[TrainingCase], present: np.ndarray) -> None:
-    evaluations = []
-    for case in cases:
-        if not (case.present & present).any():
-            continue
-        probability = restore_slices(_predict(run, case, present), case.truth.shape)
-        evaluations.append(evaluate_case(probability, case.truth, case.geometry, name=case.name))
-    if not evaluations:
+    try:
+        pooled, evaluations = evaluate_network(
+            run.network, cases, present, run.config.context, run.context.device, run.use_amp
+        )
+    except SequenceError as error:
         raise ReadError(
             f"no validation case holds any of the validation sequences {run.config.val_sequences}"
-        )
-    pooled = evaluate_dataset(evaluations)
+        ) from error
     score = pooled.average_precision
     score = 0.0 if math.isnan(score) else score
     improved = score > run.best_score
