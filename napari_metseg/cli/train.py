@@ -22,6 +22,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--integration": ("integration", "where sequences meet: input, mid, end, subtraction"),
     "--sharing": ("sharing", "branch weights for mid/end: shared, independent, l2_tied"),
     "--backbone": ("backbone", "backbone of the network"),
+    "--output-stride": ("output_stride", "backbone output stride (light: 16 or 8)"),
     "--dropout": ("sequence_dropout", "sequence dropout on or off (true / false)"),
     "--loss": ("loss", "weighted_ce, bootstrap or lopsided_bootstrap"),
     "--alpha": ("alpha", "weight of lesion voxels"),

@@ -39,7 +39,8 @@ class TrainConfig:
 
     Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
     ``context`` neighbours per side. Model: ``integration``, ``sharing``,
-    ``backbone`` (see :class:`napari_metseg.model.ModelConfig`), and
+    ``backbone``, ``output_stride`` (None: the backbone's default; see
+    :class:`napari_metseg.model.ModelConfig`), and
     ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
@@ -72,6 +73,7 @@ class TrainConfig:
     integration: str = "input"
     sharing: str = "shared"
     backbone: str = "resnet50"
+    output_stride: int | None = None
     tied_weight: float = 1e-4
     sequence_dropout: bool = True
     dropout_rate: float = 0.25

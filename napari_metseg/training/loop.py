@@ -123,6 +123,7 @@ def model_config(config: TrainConfig) -> ModelConfig:
         integration=config.integration,
         sharing=config.sharing,
         backbone=config.backbone,
+        output_stride=config.output_stride,
         preprocess=PreprocessConfig(size=config.size, context=config.context),
     )
 
