@@ -31,6 +31,8 @@ LayerData = tuple[np.ndarray, dict[str, Any], str]
 PROBABILITY_LAYER = "probability"
 LESIONS_LAYER = "lesions"
 TRUTH_LAYER = "truth"
+#: The Labels layer of the user's corrections (1 lesion, 2 not lesion; METHOD's active correction).
+CORRECTIONS_LAYER = "corrections"
 #: Prefix of the per-sequence saliency layers (``saliency bravo``, ...).
 SALIENCY_LAYER = "saliency"
 
@@ -83,6 +85,28 @@ def labels_layer(
         "opacity": 0.5,
     }
     return np.asarray(data).astype(np.int32, copy=False), kwargs, "labels"
+
+
+#: Colours of the corrections layer: nothing for 0, yellow for a lesion, magenta for not lesion.
+CORRECTION_COLORS: dict[int | None, str] = {
+    None: "transparent",
+    0: "transparent",
+    1: "yellow",
+    2: "magenta",
+}
+
+
+def corrections_layer(data: np.ndarray, geometry: Geometry) -> LayerData:
+    """The ``corrections`` Labels layer (uint8: 0 unmarked, 1 lesion, 2 not lesion) on the
+    reference grid, coloured so the two marks never look alike."""
+    kwargs = {
+        "name": CORRECTIONS_LAYER,
+        "affine": geometry.napari_affine,
+        "metadata": layer_metadata(geometry, "corrections"),
+        "colormap": dict(CORRECTION_COLORS),
+        "opacity": 0.8,
+    }
+    return np.asarray(data).astype(np.uint8, copy=False), kwargs, "labels"
 
 
 def case_layers(case: Case) -> list[LayerData]:

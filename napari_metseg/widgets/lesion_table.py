@@ -4,7 +4,10 @@ The table is the lesions Labels layer's own ``features`` (the workbench puts
 :func:`napari_metseg.lesion_table` there), so the dock, napari's status bar
 and the CSV export always show the same rows. Selecting a row moves the
 viewer to that lesion's slice, centres the camera on it and shows it alone
-(``selected_label`` + ``show_selected_label``). The exports write the mask and
+(``selected_label`` + ``show_selected_label``). Accept (key A) and Reject
+(key R) mark every voxel of the selected lesion as 1 (lesion) or 2 (not
+lesion) in the ``corrections`` layer, through the layer's own undoable edit,
+so napari's undo takes a mark back and the workbench autosaves it. The exports write the mask and
 the probability as NIfTI on the reference file's grid
 (:func:`napari_metseg.io.write_volume`), the table as CSV and the canvas as PNG.
 """
@@ -21,7 +24,14 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QObject, QSortFilterProxyModel, Qt
+from qtpy.QtCore import (
+    QAbstractTableModel,
+    QEvent,
+    QModelIndex,
+    QObject,
+    QSortFilterProxyModel,
+    Qt,
+)
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -34,15 +44,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_metseg.correction import LESION, NOT_LESION
 from napari_metseg.errors import MetsegError
 from napari_metseg.io import write_volume
-from napari_metseg.widgets.layers import layer_volume
+from napari_metseg.widgets.layers import CORRECTIONS_LAYER, layer_volume
 
 if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
 
+#: Keys that mark the selected lesion while the table has the focus.
+MARK_KEYS = {Qt.Key.Key_A: LESION, Qt.Key.Key_R: NOT_LESION}
 #: The role under which the table model gives raw values (numbers sort as numbers).
 SORT_ROLE = Qt.ItemDataRole.UserRole
 
@@ -157,6 +170,15 @@ class LesionTablePanel(QWidget):
         self.show_all_button = QPushButton("Show all")
         self.show_all_button.setToolTip("show every lesion again (clears the selection)")
         self.show_all_button.clicked.connect(self.view.clearSelection)
+        self.accept_button = QPushButton("Accept (A)")
+        self.accept_button.setToolTip("mark the selected lesion as lesion (1) in the corrections")
+        self.reject_button = QPushButton("Reject (R)")
+        self.reject_button.setToolTip(
+            "mark the selected lesion as not lesion (2) in the corrections"
+        )
+        self.accept_button.clicked.connect(lambda: self.mark_selected(LESION))
+        self.reject_button.clicked.connect(lambda: self.mark_selected(NOT_LESION))
+        self.view.installEventFilter(self)
         self.export_buttons = {
             "mask": QPushButton("Mask..."),
             "probability": QPushButton("Probability..."),
@@ -179,6 +201,8 @@ class LesionTablePanel(QWidget):
         )
         top = QHBoxLayout()
         top.addWidget(self.summary_label, 1)
+        top.addWidget(self.accept_button)
+        top.addWidget(self.reject_button)
         top.addWidget(self.show_all_button)
         exports = QHBoxLayout()
         exports.addWidget(QLabel("export"))
@@ -204,6 +228,33 @@ class LesionTablePanel(QWidget):
                 self.view.selectRow(row)
                 return
         raise MetsegError(f"no lesion {label} in the table")
+
+    def selected_lesion(self) -> int | None:
+        """The lesion id of the selected row (None: no row selected)."""
+        rows = self.view.selectionModel().selectedRows()
+        if not rows:
+            return None
+        return self.model.label_at(self.proxy.mapToSource(rows[0]).row())
+
+    def mark_selected(self, value: int) -> None:
+        """Set the selected lesion's voxels to ``value`` (1 lesion, 2 not lesion) in the
+        corrections layer; a notification when there is no lesion or no layer."""
+        label = self.selected_lesion()
+        try:
+            if label is None or self.layer is None:
+                raise MetsegError("select a lesion in the table first")
+            corrections = self._result_layer(Labels, "corrections")
+            where = np.nonzero(np.asarray(self.layer.data) == label)
+            if np.asarray(corrections.data).shape != np.asarray(self.layer.data).shape:
+                raise MetsegError(
+                    f"the {CORRECTIONS_LAYER} layer is not on the grid of the lesions layer"
+                )
+        except MetsegError as error:
+            show_error(str(error))
+            return
+        corrections.data_setitem(where, value)
+        word = "lesion" if value == LESION else "not lesion"
+        self.summary_label.setText(f"lesion {label} marked as {word} ({where[0].size} voxels)")
 
     def go_to(self, label: int) -> None:
         """Show lesion ``label`` alone, on its nearest slice, at the centre of the canvas."""
@@ -237,6 +288,18 @@ class LesionTablePanel(QWidget):
     def export_screenshot(self, path: str | Path) -> None:
         """Save the canvas as PNG."""
         self.viewer.screenshot(str(path), canvas_only=True)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        """A / R on the table accept / reject the selected lesion (napari keeps its own keys)."""
+        if (
+            watched is self.view
+            and event.type() == QEvent.Type.KeyPress
+            and event.modifiers() == Qt.KeyboardModifier.NoModifier
+            and event.key() in MARK_KEYS
+        ):
+            self.mark_selected(MARK_KEYS[event.key()])
+            return True
+        return super().eventFilter(watched, event)
 
     def _ask_and_export(self, stem: str, file_filter: str, export: Callable[[str], None]) -> None:
         suffix = file_filter.split("*")[1].split()[0].rstrip(")")
@@ -293,12 +356,12 @@ class LesionTablePanel(QWidget):
             )
 
     def _on_selection(self, selected=None, deselected=None) -> None:
-        rows = self.view.selectionModel().selectedRows()
-        if not rows:
+        label = self.selected_lesion()
+        if label is None:
             if self.layer is not None:
                 self.layer.show_selected_label = False
             return
-        self.go_to(self.model.label_at(self.proxy.mapToSource(rows[0]).row()))
+        self.go_to(label)
 
 
 def _disconnector(viewer: napari.Viewer, find_layer, refresh) -> Callable[[], None]:

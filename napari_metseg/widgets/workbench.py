@@ -6,7 +6,9 @@ Run builds a :class:`~napari_metseg.case.Case` from the assigned layers, runs
 hold the lesion table (napari's status bar shows a lesion's row under the
 cursor; the lesion table dock lists them). Threshold and minimum volume
 re-derive the lesions from the kept probability; the network does not run
-again. The Explain tab computes gradient saliency for the selected lesion (or
+again. The Correct tab (:mod:`~napari_metseg.widgets.correction_panel`) keeps
+the ``corrections`` layer, fine-tunes on it and switches model versions; runs
+use the case's current version. The Explain tab computes gradient saliency for the selected lesion (or
 the current slice), one overlay per present sequence, and the censor-one-out
 sequence importance of the case.
 
@@ -36,6 +38,7 @@ from napari_metseg.model import load_model, read_model_config
 from napari_metseg.progress import ProgressCallback
 from napari_metseg.saliency import SaliencyResult, compute_saliency
 from napari_metseg.widgets.case_panel import CasePanel
+from napari_metseg.widgets.correction_panel import CorrectionLoop, CorrectionPanel
 from napari_metseg.widgets.explain_panel import ExplainPanel, explain_page
 from napari_metseg.widgets.layers import (
     LESIONS_LAYER,
@@ -47,6 +50,7 @@ from napari_metseg.widgets.layers import (
     show_layer,
 )
 from napari_metseg.widgets.lesion_table import LesionTablePanel
+from napari_metseg.widgets.run_controls import RunControls
 from napari_metseg.widgets.segment_panel import SegmentPanel
 from napari_metseg.widgets.workers import ProgressRelay, background, run_segmentation
 
@@ -73,6 +77,7 @@ class Workbench(QWidget):
         self.case_panel = CasePanel(napari_viewer)
         self.segment_panel = SegmentPanel()
         self.explain_panel = ExplainPanel()
+        self.correction_panel = CorrectionPanel()
         self.worker: FunctionWorker | None = None
         self.case: Case | None = None
         self.present: tuple[str, ...] = ()
@@ -89,6 +94,7 @@ class Workbench(QWidget):
         self._relay = ProgressRelay()
         self._active = self.segment_panel
         self._relay.progressed.connect(lambda *report: self._active.show_progress(*report))
+        self.correction = CorrectionLoop(self)
         self._settle = QTimer(self)
         self._settle.setSingleShot(True)
         self._settle.setInterval(SETTLE_MS)
@@ -110,6 +116,7 @@ class Workbench(QWidget):
         segment_layout.addStretch(1)
         self.tabs = QTabWidget()
         self.tabs.addTab(segment_page, "Segment")
+        self.tabs.addTab(explain_page(self.correction_panel), "Correct")
         self.tabs.addTab(explain_page(self.explain_panel), "Explain")
         self.tabs.currentChanged.connect(self._show_target)
         layout = QVBoxLayout(self)
@@ -124,7 +131,8 @@ class Workbench(QWidget):
             show_error(str(error))
             return None
         present = self.case_panel.present()
-        key = (self.segment_panel.model_path(), self.segment_panel.device())
+        self.correction.open_case(case, self.segment_panel.model_path())
+        key = self._model_key()
         return self._start(
             "segmentation",
             self.segment_panel,
@@ -144,7 +152,7 @@ class Workbench(QWidget):
             return None
         lesion, slice_index = self._target()
         mask = self._lesion_mask(lesion) if lesion else None
-        key = (self.segment_panel.model_path(), self.segment_panel.device())
+        key = self._model_key()
         what = f"lesion {lesion}" if lesion else f"slice {slice_index}"
         return self._start(
             "saliency",
@@ -164,7 +172,7 @@ class Workbench(QWidget):
         if self.case is None or self.probability is None:
             show_error("no segmentation yet: run the segmentation first")
             return None
-        key = (self.segment_panel.model_path(), self.segment_panel.device())
+        key = self._model_key()
         return self._start(
             "sequence importance",
             self.explain_panel,
@@ -188,8 +196,9 @@ class Workbench(QWidget):
         """Cancel the running work and wait for its thread; False if it did not stop in time.
 
         The work's pending signals are dropped: the panels they would update
-        are about to go with the viewer.
+        are about to go with the viewer. Unsaved strokes are saved first.
         """
+        self.correction.save()
         self._cancel.set()
         stopped = self._idle.wait(timeout_s)
         if not stopped:
@@ -238,6 +247,11 @@ class Workbench(QWidget):
             f"{len(table)} lesions, {volume:.0f} mm\N{SUPERSCRIPT THREE} in all"
         )
 
+    def hideEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Save pending strokes when the dock goes away (closed, hidden)."""
+        self.correction.save()
+        super().hideEvent(event)
+
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
         if event.type() == QEvent.Type.Close and watched is self.window():
             self.shutdown()
@@ -246,7 +260,7 @@ class Workbench(QWidget):
     def _start(
         self,
         what: str,
-        panel: SegmentPanel | ExplainPanel,
+        panel: RunControls,
         message: str,
         on_result: Callable[[Any], None],
         function: Callable[..., Any],
@@ -278,6 +292,11 @@ class Workbench(QWidget):
         window = self.window()
         if window is not self:
             window.installEventFilter(self)
+
+    def _model_key(self) -> tuple[Path | None, str]:
+        """The model runs use (the case's current version, else the chosen file) and device."""
+        path = self.correction.active_model(self.segment_panel.model_path())
+        return path, self.segment_panel.device()
 
     def _model(self, path: Path | None, device: str) -> Any:
         """The loaded model for a file and device, loaded once (runs in the worker)."""
@@ -335,6 +354,7 @@ class Workbench(QWidget):
         self.probability, self.geometry = probability, case.geometry
         show_layer(self.viewer, probability, probability_layer_kwargs(case.geometry), "image")
         self.update_lesions()
+        self.correction.case_shown(present, probability)
         self.segment_panel.status_label.setText("done")
         if self.lesion_table is None:
             _, self.lesion_table = self.viewer.window.add_plugin_dock_widget(

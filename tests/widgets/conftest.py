@@ -58,3 +58,13 @@ def fake_engine(monkeypatch):
     monkeypatch.setattr(workers, "segment", fake)
     monkeypatch.setattr(workbench, "load_model", lambda path, device="cpu": "model")
     return fake
+
+
+@pytest.fixture(autouse=True)
+def workspace_root(tmp_path, monkeypatch):
+    """Correction workspaces of widget tests go to a temporary folder, never the user's."""
+    from napari_metseg.widgets.correction_panel import WORKSPACES_ENV
+
+    root = tmp_path / "workspaces"
+    monkeypatch.setenv(WORKSPACES_ENV, str(root))
+    return root
