@@ -121,7 +121,7 @@ def test_threshold_changes_the_mask_without_running_again(
     widget.segment_panel.min_volume.setValue(10_000.0)
     qtbot.waitUntil(lambda: not lesions.data.any(), timeout=TIMEOUT_MS)
     assert len(fake_engine.calls) == 1
-    assert len(viewer_with_case.layers) == 7
+    assert len(viewer_with_case.layers) == 8  # 4 images, truth, probability, lesions, corrections
 
 
 def test_no_sequence_on_is_a_notification(qtbot, make_napari_viewer, fake_engine, notifications):
