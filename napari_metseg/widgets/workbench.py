@@ -1,4 +1,4 @@
-"""The MetSeg dock widget: case, segment and explain panels, wired to the core.
+"""The MetSeg dock widget: case, segment, correct and explain panels, wired to the core.
 
 Run builds a :class:`~napari_metseg.case.Case` from the assigned layers, runs
 :func:`napari_metseg.engine.segment` in a thread worker and shows a
@@ -6,11 +6,11 @@ Run builds a :class:`~napari_metseg.case.Case` from the assigned layers, runs
 hold the lesion table (napari's status bar shows a lesion's row under the
 cursor; the lesion table dock lists them). Threshold and minimum volume
 re-derive the lesions from the kept probability; the network does not run
-again. The Correct tab (:mod:`~napari_metseg.widgets.correction_panel`) keeps
+again. The Correct tab (:mod:`~napari_metseg.widgets.correction_loop`) keeps
 the ``corrections`` layer, fine-tunes on it and switches model versions; runs
-use the case's current version. The Explain tab computes gradient saliency for the selected lesion (or
-the current slice), one overlay per present sequence, and the censor-one-out
-sequence importance of the case.
+use the case's current version. The Explain tab computes gradient saliency
+for the selected lesion (or the current slice), one overlay per present
+sequence, and the censor-one-out sequence importance of the case.
 
 One piece of work runs at a time; Cancel stops it at the core's next
 checkpoint, and closing the viewer cancels it and waits for its thread.
@@ -38,7 +38,8 @@ from napari_metseg.model import load_model, read_model_config
 from napari_metseg.progress import ProgressCallback
 from napari_metseg.saliency import SaliencyResult, compute_saliency
 from napari_metseg.widgets.case_panel import CasePanel
-from napari_metseg.widgets.correction_panel import CorrectionLoop, CorrectionPanel
+from napari_metseg.widgets.correction_loop import CorrectionLoop
+from napari_metseg.widgets.correction_panel import CorrectionPanel
 from napari_metseg.widgets.explain_panel import ExplainPanel, explain_page
 from napari_metseg.widgets.layers import (
     LESIONS_LAYER,

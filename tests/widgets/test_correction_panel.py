@@ -3,6 +3,7 @@ versions, autosave, cancel (a real tiny network; run under xvfb-run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -12,9 +13,10 @@ from qtpy.QtCore import Qt
 from napari_metseg.correction import Workspace
 from napari_metseg.correction.workspace import file_digest
 from napari_metseg.model import load_model
-from napari_metseg.widgets import correction_panel as correction_module
+from napari_metseg.widgets import correction_loop as correction_module
 from napari_metseg.widgets.correction_panel import (
     CHANGES_LAYER,
+    changes_layer,
     lesion_changes,
     workspace_folder,
 )
@@ -105,6 +107,32 @@ def test_lesion_changes_compare_lesion_maps_by_overlap():
     assert changes.appeared == (1,) and changes.disappeared == (2,)
     assert changes.summary() == "1 new lesion, 1 removed"
     assert lesion_changes(after, after).summary() == "0 new lesions, 0 removed"
+
+
+def test_changes_layer_rings_new_lesions_green_and_removed_ones_red(tiny_case):
+    before = np.zeros(tiny_case.shape, dtype=np.int32)
+    before[2:4, 2:4, 2:4] = 1  # removed, centre (2.5, 2.5, 2.5)
+    after = np.zeros_like(before)
+    after[10, 20, 30:33] = 1  # new, centre (10, 20, 31)
+    changes = lesion_changes(before, after)
+    data, kwargs, layer_type = changes_layer(before, after, changes, tiny_case.geometry)
+    assert layer_type == "points"
+    np.testing.assert_allclose(data, [[10, 20, 31], [2.5, 2.5, 2.5]])
+    assert kwargs["features"] == {"change": ["new", "removed"], "lesion": [1, 1]}
+    assert kwargs["border_color"] == ["lime", "red"]
+    np.testing.assert_allclose(kwargs["affine"], tiny_case.geometry.napari_affine)
+
+
+def test_workspace_folder_follows_the_grid_and_the_base_model(tmp_path, tiny_case, tiny_model_path):
+    geometry = tiny_case.geometry
+    folder = workspace_folder(tmp_path, geometry, tiny_model_path)
+    assert folder == workspace_folder(tmp_path, geometry, tiny_model_path)
+    assert folder.parent == tmp_path and folder.name.startswith("case-")
+    assert folder != workspace_folder(tmp_path, geometry, None)
+    shifted = geometry.affine.copy()
+    shifted[0, 3] += 10.0
+    moved = dataclasses.replace(geometry, affine=shifted)
+    assert folder != workspace_folder(tmp_path, moved, tiny_model_path)
 
 
 def test_segmenting_adds_the_corrections_layer_on_the_reference_grid(
