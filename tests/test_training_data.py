@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import ReadError
@@ -167,3 +168,16 @@ def test_prepare_cases_censors_and_caches(tmp_path, monkeypatch):
     assert record.n_removed == record.n_lesions > 0
     assert not any(item.truth.any() or item.mask.any() for item in censored)
     assert np.array_equal(censored[0].volumes, case.volumes)  # read back from the cache
+
+
+def test_phantom_min_diameter_makes_training_lesions_bigger():
+    def component_sizes(case) -> list[int]:
+        labels, count = ndimage.label(case.truth > 0)
+        return np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist()
+
+    default = datasets.load_case("phantom:3", phantom_spacing=4.0)
+    larger = datasets.load_case("phantom:3", phantom_spacing=4.0, phantom_min_diameter=10.0)
+    # a 10 mm lesion is about 8 voxels of 4 mm; crowding may shrink it by 0.8
+    assert min(component_sizes(default)) < 4 <= min(component_sizes(larger))
+    config = TrainConfig().with_overrides(["phantom_min_diameter=10"])
+    assert config.phantom_min_diameter == 10.0

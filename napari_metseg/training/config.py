@@ -34,7 +34,8 @@ class TrainConfig:
     ``phantom:SEED``), ``split`` (JSON file adding its ``train`` / ``val``
     lists), ``synthetic_train`` / ``synthetic_val`` phantom cases with seeds
     from ``synthetic_seed`` on (validation seeds follow the training ones) at
-    ``phantom_spacing`` mm; ``mapping`` (file or ``role=pattern`` text for the
+    ``phantom_spacing`` mm, with lesions at least ``phantom_min_diameter`` mm
+    across (None: the generator's default); ``mapping`` (file or ``role=pattern`` text for the
     readers); ``cache_dir`` for pre-processed ``.npz`` files.
 
     Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
@@ -65,6 +66,7 @@ class TrainConfig:
     synthetic_val: int = 0
     synthetic_seed: int = 1000
     phantom_spacing: float = 2.0
+    phantom_min_diameter: float | None = None
     mapping: str | None = None
     cache_dir: str | None = None
     sequences: tuple[str, ...] = SEQUENCES

@@ -110,11 +110,18 @@ def phantom_specs(first_seed: int, count: int) -> list[str]:
 
 
 def load_case(
-    spec: str, mapping: dict[str, str] | None = None, phantom_spacing: float = 2.0
+    spec: str,
+    mapping: dict[str, str] | None = None,
+    phantom_spacing: float = 2.0,
+    phantom_min_diameter: float | None = None,
 ) -> Case:
-    """The case named by ``spec``: ``phantom:SEED`` or a path for ``read_case``."""
+    """The case named by ``spec``: ``phantom:SEED`` or a path for ``read_case``.
+
+    ``phantom_min_diameter`` (mm) raises the generator's smallest lesion
+    diameter (None: its default), for training sets with fewer sub-voxel lesions.
+    """
     if spec.startswith(PHANTOM_PREFIX):
-        from napari_metseg.phantom import make_phantom
+        from napari_metseg.phantom import PhantomConfig, make_phantom
 
         seed_text = spec[len(PHANTOM_PREFIX) :]
         try:
@@ -123,7 +130,11 @@ def load_case(
             raise ReadError(
                 f"bad synthetic case spec {spec!r}: the seed must be an integer"
             ) from error
-        return make_phantom(seed, spacing=phantom_spacing)
+        config = PhantomConfig()
+        if phantom_min_diameter is not None:
+            largest = max(config.diameter_range_mm[1], phantom_min_diameter)
+            config = PhantomConfig(diameter_range_mm=(phantom_min_diameter, largest))
+        return make_phantom(seed, spacing=phantom_spacing, config=config)
     from napari_metseg.io import read_case
 
     case = read_case(spec, mapping=mapping)
@@ -133,7 +144,11 @@ def load_case(
 
 
 def _cache_key(
-    spec: str, sequences: Sequence[str], config: PreprocessConfig, phantom_spacing: float
+    spec: str,
+    sequences: Sequence[str],
+    config: PreprocessConfig,
+    phantom_spacing: float,
+    phantom_min_diameter: float | None,
 ) -> str:
     stamp = ""
     if not spec.startswith(PHANTOM_PREFIX):
@@ -141,7 +156,15 @@ def _cache_key(
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         stamp = ";".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     text = json.dumps(
-        [CACHE_VERSION, spec, stamp, list(sequences), asdict(config), phantom_spacing]
+        [
+            CACHE_VERSION,
+            spec,
+            stamp,
+            list(sequences),
+            asdict(config),
+            phantom_spacing,
+            phantom_min_diameter,
+        ]
     )
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
@@ -162,11 +185,13 @@ def _prepare(
     config: PreprocessConfig,
     mapping: dict[str, str] | None,
     phantom_spacing: float,
+    phantom_min_diameter: float | None,
     cache_dir: Path | None,
 ) -> _Prepared:
     cache_file = None
     if cache_dir is not None:
-        cache_file = cache_dir / f"{_cache_key(spec, sequences, config, phantom_spacing)}.npz"
+        key = _cache_key(spec, sequences, config, phantom_spacing, phantom_min_diameter)
+        cache_file = cache_dir / f"{key}.npz"
         if cache_file.exists():
             with np.load(cache_file) as data:
                 geometry = Geometry(
@@ -184,7 +209,7 @@ def _prepare(
                     data["truth"],
                     geometry,
                 )
-    case = load_case(spec, mapping, phantom_spacing)
+    case = load_case(spec, mapping, phantom_spacing, phantom_min_diameter)
     prepared = prepare_case(case, sequences, config=config)
     result = _Prepared(
         case.name,
@@ -222,6 +247,7 @@ def prepare_cases(
     censor_seed: int = 0,
     mapping: dict[str, str] | None = None,
     phantom_spacing: float = 2.0,
+    phantom_min_diameter: float | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
@@ -237,7 +263,9 @@ def prepare_cases(
     for index, spec in enumerate(specs):
         check_cancel(cancel)
         progress(index, len(specs), f"preparing {spec}")
-        prepared.append(_prepare(spec, sequences, config, mapping, phantom_spacing, cache))
+        prepared.append(
+            _prepare(spec, sequences, config, mapping, phantom_spacing, phantom_min_diameter, cache)
+        )
     progress(len(specs), len(specs), "cases prepared")
     truths, record = censor_lesions(
         [item.truth for item in prepared],

@@ -234,6 +234,7 @@ def _train(
         "censor_mode": config.censor_mode,
         "mapping": config.mapping,
         "phantom_spacing": config.phantom_spacing,
+        "phantom_min_diameter": config.phantom_min_diameter,
         "cache_dir": config.cache_dir,
         "cancel": cancel,
     }
