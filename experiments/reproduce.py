@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import sys
+import typing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -44,7 +45,7 @@ import numpy as np
 
 from napari_metseg.case import SEQUENCES
 from napari_metseg.preprocess import PreprocessConfig
-from napari_metseg.training.config import TrainConfig
+from napari_metseg.training.config import TrainConfig, parse_value
 from napari_metseg.training.datasets import phantom_specs, prepare_cases
 
 logger = logging.getLogger("experiments")
@@ -58,25 +59,29 @@ class Settings:
     """The budget every network of a reproduction shares.
 
     Phantoms: ``train_cases`` / ``val_cases`` / ``test_cases`` with seeds
-    from ``first_seed`` on, at ``phantom_spacing`` mm. Training (see
-    :class:`TrainConfig`): ``size``-pixel slices, ``crop``-pixel windows,
-    ``backbone``, ``iterations`` of ``batch_size``, ``lr``, validation every
+    from ``first_seed`` on, at ``phantom_spacing`` mm, lesions at least
+    ``phantom_min_diameter`` mm across (None: the generator's default).
+    Training (see :class:`TrainConfig`): ``size``-pixel slices,
+    ``crop``-pixel windows, ``backbone`` at ``output_stride``, ``iterations``
+    of ``batch_size``, ``lr``, validation every
     ``val_interval``, lesion weight ``alpha`` (METHOD.md: 3), ``seed``,
     ``device``.
     """
 
-    train_cases: int = 16
+    train_cases: int = 12
     val_cases: int = 3
     test_cases: int = 6
     first_seed: int = 5000
-    phantom_spacing: float = 1.5
-    size: int = 128
-    crop: int = 64
+    phantom_spacing: float = 2.0
+    phantom_min_diameter: float | None = 6.0
+    size: int = 96
+    crop: int = 48
     backbone: str = "light"
-    iterations: int = 1500
-    batch_size: int = 16
+    output_stride: int | None = 8
+    iterations: int = 1200
+    batch_size: int = 8
     lr: float = 1e-3
-    val_interval: int = 500
+    val_interval: int = 400
     alpha: float = 3.0
     seed: int = 0
     device: str = "auto"
@@ -94,9 +99,12 @@ PRESETS: dict[str, Settings] = {
         train_cases=60,
         val_cases=6,
         test_cases=12,
+        phantom_spacing=1.0,
+        phantom_min_diameter=None,
         size=256,
         crop=0,
         backbone="resnet50",
+        output_stride=None,
         iterations=20000,
         lr=3e-4,
         val_interval=1000,
@@ -106,6 +114,7 @@ PRESETS: dict[str, Settings] = {
         val_cases=1,
         test_cases=1,
         phantom_spacing=4.0,
+        phantom_min_diameter=None,
         size=32,
         crop=16,
         iterations=2,
@@ -158,10 +167,12 @@ def train_config(settings: Settings, run: Run, runs_dir: Path) -> TrainConfig:
         synthetic_val=settings.val_cases,
         synthetic_seed=settings.first_seed,
         phantom_spacing=settings.phantom_spacing,
+        phantom_min_diameter=settings.phantom_min_diameter,
         cache_dir=str(runs_dir / "cache"),
         size=settings.size,
         crop=settings.crop,
         backbone=settings.backbone,
+        output_stride=settings.output_stride,
         iterations=settings.iterations,
         batch_size=settings.batch_size,
         lr=settings.lr,
@@ -227,6 +238,7 @@ def prepare_phantoms(settings: Settings, runs_dir: Path) -> None:
             sequences,
             PreprocessConfig(size=settings.size),
             phantom_spacing=settings.phantom_spacing,
+            phantom_min_diameter=settings.phantom_min_diameter,
             cache_dir=runs_dir / "cache",
         )
 
@@ -249,6 +261,7 @@ def score(
         config.sequences,
         PreprocessConfig(size=settings.size),
         phantom_spacing=settings.phantom_spacing,
+        phantom_min_diameter=settings.phantom_min_diameter,
         cache_dir=runs_dir / "cache",
     )
     scores = {}
@@ -467,7 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = (part.strip() for part in assignment.partition("="))
         if key not in asdict(settings):
             parser.error(f"unknown setting {key!r}; known: {sorted(asdict(settings))}")
-        settings = replace(settings, **{key: type(getattr(settings, key))(value)})
+        try:
+            parsed = parse_value(value, typing.get_type_hints(Settings)[key], key)
+        except ValueError as error:
+            parser.error(str(error))
+        settings = replace(settings, **{key: parsed})
     runs_dir = args.runs / args.preset
     prepare_phantoms(settings, runs_dir)
     train_all([train_config(settings, run, runs_dir) for run in RUNS], args.jobs)

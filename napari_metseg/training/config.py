@@ -190,11 +190,12 @@ class TrainConfig:
                 raise ValueError(
                     f"bad override {assignment!r}: use key=value with key one of {sorted(hints)}"
                 )
-            changes[key] = _parse(text.strip(), hints[key], key)
+            changes[key] = parse_value(text.strip(), hints[key], key)
         return replace(self, **changes)
 
 
-def _parse(text: str, hint: Any, key: str) -> Any:
+def parse_value(text: str, hint: Any, key: str) -> Any:
+    """``text`` as a value of the type ``hint`` (optional, tuple, bool or a plain type)."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if type(None) in options and text.lower() in ("none", "null", ""):
         return None
