@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-export QT_API=pyqt5 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+export QT_API=pyqt6 MPLBACKEND=Agg OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 exec xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python -m pytest "$@"
