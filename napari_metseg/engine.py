@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from napari_metseg.case import Case
-from napari_metseg.errors import MetsegError, ModelFileError, SequenceError
+from napari_metseg.errors import DeviceError, ModelFileError, SequenceError
 from napari_metseg.model import MetsegNet, apply_presence
 from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
@@ -39,10 +39,6 @@ START_BATCH = {"cuda": 64, "mps": 16, "cpu": 8}
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 Presence = Sequence[str] | Sequence[bool] | Mapping[str, bool] | None
-
-
-class DeviceError(MetsegError, ValueError):
-    """The requested compute device does not exist on this machine."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

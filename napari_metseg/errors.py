@@ -28,5 +28,9 @@ class ModelFileError(MetsegError):
     """A model file is missing, corrupt, or does not match its configuration."""
 
 
+class DeviceError(MetsegError, ValueError):
+    """The requested compute device does not exist on this machine."""
+
+
 class Cancelled(MetsegError):
     """Long work stopped because the user asked for it (not a failure)."""
