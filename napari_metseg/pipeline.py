@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from napari_metseg.case import Case
-from napari_metseg.engine import Presence, segment
+from napari_metseg.engine import Presence, SegmentationInfo, Segmenter
 from napari_metseg.io import write_volume
 from napari_metseg.lesions import lesion_table, write_lesion_table
 from napari_metseg.model import MetsegNet
 from napari_metseg.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentedFiles:
+    """What :func:`segment_to_files` wrote: the lesion ``table``, how the case was
+    segmented (``info``: device, precision, skipped slices, seconds) and the folder."""
+
+    table: pd.DataFrame
+    info: SegmentationInfo
+    out: Path
 
 
 def segment_to_files(
@@ -28,15 +40,18 @@ def segment_to_files(
     write_sequences: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-) -> pd.DataFrame:
-    """Segment ``case`` and write its results to ``out``; returns the lesion table.
+) -> SegmentedFiles:
+    """Segment ``case`` and write its results to ``out``.
 
     Files, all on the reference file's own grid: ``probability.nii.gz``,
     ``mask.nii.gz`` (lesion ids in the table's order, 0 background),
-    ``lesions.csv``, and with ``write_sequences`` the sequences themselves
-    (``<sequence>.nii.gz``, resampled onto the reference grid).
+    ``lesions.csv``, ``segmentation.json`` (the :class:`SegmentationInfo`
+    and threshold, so a result says which sequences and device made it), and
+    with ``write_sequences`` the sequences themselves (``<sequence>.nii.gz``,
+    resampled onto the reference grid).
     """
-    probability = segment(case, model, present, device, progress=progress, cancel=cancel)
+    segmentation = Segmenter(model, device)(case, present, progress, cancel)
+    probability, info = segmentation.probability, segmentation.info
     table, labels = lesion_table(probability, case.geometry, threshold=threshold)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,5 +61,18 @@ def segment_to_files(
     write_volume(out / "probability.nii.gz", probability, case.geometry, kind="image")
     write_volume(out / "mask.nii.gz", labels, case.geometry, kind="mask")
     write_lesion_table(table, out / "lesions.csv")
-    logger.info("case %r: %d lesions at threshold %g -> %s", case.name, len(table), threshold, out)
-    return table
+    record = {"case": case.name, "threshold": threshold, "lesions": len(table), **asdict(info)}
+    (out / "segmentation.json").write_text(json.dumps(record, indent=2) + "\n")
+    logger.info(
+        "case %r: %d lesions at threshold %g with %s on %s (%.1f s, %d of %d slices skipped) -> %s",
+        case.name,
+        len(table),
+        threshold,
+        ", ".join(info.present),
+        info.device,
+        info.seconds,
+        info.skipped,
+        info.slices,
+        out,
+    )
+    return SegmentedFiles(table, info, out)

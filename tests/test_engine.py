@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import nibabel as nib
@@ -125,6 +126,16 @@ def test_cli_segment_writes_nifti_with_the_case_affine(tmp_path, tiny_model_path
         np.testing.assert_allclose(written.affine, reference.affine, atol=1e-5)
         assert written.shape == reference.shape
     assert (out / "lesions.csv").exists()
+    record = json.loads((out / "segmentation.json").read_text())
+    assert record["present"] == list(SEQUENCES) and record["device"] == "cpu"
+    assert record["slices"] == reference.shape[2] and record["threshold"] == 0.10
+    code = main(
+        ["segment", str(folder), "--model", str(tiny_model_path), "--out", str(out / "no_flair")]
+        + ["--sequences", "bravo,cube_pre,cube_post"]
+    )
+    assert code == 0
+    record = json.loads((out / "no_flair" / "segmentation.json").read_text())
+    assert record["present"] == ["bravo", "cube_pre", "cube_post"]
     code = main(["segment", str(folder), "--model", str(tmp_path / "absent"), "--out", str(out)])
     assert code == 2
     code = main(

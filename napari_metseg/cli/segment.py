@@ -39,7 +39,11 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     present = None if args.sequences is None else [s.strip() for s in args.sequences.split(",")]
     with progress_bar(not args.no_progress, unit="slice") as progress:
-        table = segment_to_files(
+        result = segment_to_files(
             case, model, args.out, present, args.device, args.threshold, progress=progress
         )
-    print(f"{case.name}: {len(table)} lesions at threshold {args.threshold:g} -> {args.out}")
+    info = result.info
+    print(
+        f"{case.name}: {len(result.table)} lesions at threshold {args.threshold:g} "
+        f"with {', '.join(info.present)} on {info.device} in {info.seconds:.1f} s -> {args.out}"
+    )
