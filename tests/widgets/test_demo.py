@@ -44,7 +44,8 @@ def test_headless_demo_writes_its_files(cache, tmp_path, tiny_model_path):
     argv = ["demo", "--headless", "--out", str(out), "--model", str(tiny_model_path)]
     assert main([*argv, "--spacing", "4", "--threshold", "0.01"]) == 0
     names = {"bravo", "cube_pre", "cube_post", "flair", "probability", "mask"}
-    assert {p.name for p in out.iterdir()} == {f"{n}.nii.gz" for n in names} | {"lesions.csv"}
+    files = {f"{n}.nii.gz" for n in names} | {"lesions.csv", "segmentation.json"}
+    assert {p.name for p in out.iterdir()} == files
     source = nib.load(next(sample_folder(4.0).glob("*_bravo.nii.gz")))
     mask = nib.load(out / "mask.nii.gz")
     assert mask.shape == source.shape
