@@ -81,7 +81,6 @@ def test_config_round_trip_and_typed_overrides(tmp_path):
         ("colour=red", "'colour=red'"),
         ("loss=dice", "'dice'"),
         ("val_sequences=t2", "t2"),
-        ("crop=512", "crop must lie in 0..size"),
     ],
 )
 def test_bad_overrides_name_the_value(override, fragment):
@@ -116,36 +115,6 @@ def test_batch_layout_edges_and_flip():
     assert present.tolist() == [[True, True], [True, True]]
     flips = [make_batch(cases, [(0, 0)], 1, np.random.default_rng(s))[1][0, 2, 6] for s in range(8)]
     assert any(flips) and not all(flips)
-
-
-def test_crop_windows_stay_inside_and_half_hold_the_lesion():
-    mask = np.zeros((32, 40), dtype=bool)
-    mask[30, 38] = True  # a corner lesion: a centred window would leave the slice
-    rng = np.random.default_rng(0)
-    windows = [datasets.crop_window(mask, 16, rng) for _ in range(2000)]
-    assert all(r.stop - r.start == 16 and c.stop - c.start == 16 for r, c in windows)
-    assert all(r.start >= 0 and r.stop <= 32 and c.start >= 0 and c.stop <= 40 for r, c in windows)
-    holding = np.mean([mask[r, c].any() for r, c in windows])
-    # half the windows are placed on the lesion; a uniform one holds it 1 time in 25*17
-    assert holding == pytest.approx(0.5 + 0.5 / (17 * 25), abs=0.03)
-    empty = [datasets.crop_window(np.zeros((32, 40), bool), 16, rng) for _ in range(500)]
-    assert {r.start for r, _ in empty} == set(range(17))
-    with pytest.raises(ValueError, match="crop"):
-        datasets.crop_window(mask, 33, rng)
-
-
-def test_cropped_batches_keep_inputs_and_targets_aligned():
-    case = toy_case(6, [])
-    case.mask[2, 5, 6] = True
-    ramp = np.arange(8, dtype=np.float16)[None, None, :, None] * 100 + np.arange(8)[None, None]
-    case.volumes = case.volumes + ramp  # each pixel's value names its row and column
-    x, y, _ = make_batch([case], [(0, 2)] * 20, 0, np.random.default_rng(1), crop=4)
-    assert x.shape == (20, 2, 4, 4) and y.shape == (20, 4, 4)
-    for sample, target in zip(x, y, strict=True):
-        rows, cols = np.divmod(sample[0] - 2, 100)  # sequence 0 of slice 2 adds 2
-        assert ((rows == 5) & (cols == 6)).tolist() == target.tolist()
-    with pytest.raises(ValueError, match="rng"):
-        make_batch([case], [(0, 2)], 0, crop=4)
 
 
 def test_prepare_cases_censors_and_caches(tmp_path, monkeypatch):

@@ -35,7 +35,6 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--val-interval": ("val_interval", "iterations between validations"),
     "--val-sequences": ("val_sequences", "comma-separated sequences present in validation"),
     "--size": ("size", "slice size in pixels"),
-    "--crop": ("crop", "train on windows of this many pixels (0: whole slices)"),
     "--seed": ("seed", "random seed"),
     "--device": ("device", "auto, cpu or cuda"),
 }

@@ -48,9 +48,7 @@ class TrainConfig:
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
     background labels); ``censor_rate`` / ``censor_mode`` applied to the
     training and validation truth; lesion slices ``oversample`` times as
-    likely; ``flip`` left-right augmentation; ``crop`` > 0 trains on windows
-    of that many pixels (half of them on a lesion, where the slice has one)
-    instead of whole slices; AdamW with ``lr`` and
+    likely; ``flip`` left-right augmentation; AdamW with ``lr`` and
     ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
     ``batch_size`` slices per process; validation every ``val_interval``
     iterations with only ``val_sequences`` present (empty: all); ``seed``;
@@ -86,7 +84,6 @@ class TrainConfig:
     censor_mode: str = "stochastic"
     oversample: float = 10.0
     flip: bool = True
-    crop: int = 0
     lr: float = 3e-4
     weight_decay: float = 1e-4
     lr_schedule: str = "poly"
@@ -106,8 +103,6 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.crop <= self.size:
-            raise ValueError(f"crop must lie in 0..size ({self.size}), got {self.crop}")
         for name in ("synthetic_train", "synthetic_val", "context"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -324,34 +324,20 @@ def make_batch(
     picks: Sequence[tuple[int, int]],
     context: int,
     rng: np.random.Generator | None = None,
-    flip: bool = True,
-    crop: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2.5D inputs, targets and presence for ``(case, slice)`` picks.
 
     Returns ``x`` float32 ``(B, n_seq * (2 * context + 1), H, W)``, ``y`` bool
-    ``(B, H, W)`` and ``present`` bool ``(B, n_seq)``. With ``rng`` the batch
-    is augmented: ``flip`` mirrors each sample left-right with probability 1/2
-    (the head is roughly symmetric), and ``crop`` > 0 cuts a ``crop`` x
-    ``crop`` window from each slice (``H = W = crop``).
-
-    Crops are what make CPU training affordable: the network is fully
-    convolutional, so it learns on windows and still segments whole slices,
-    and a window centred on a lesion (half the windows of lesion slices, see
-    :func:`crop_window`) carries several times the lesion share of the whole
-    slice, which is what the network is short of.
+    ``(B, H, W)`` and ``present`` bool ``(B, n_seq)``. With ``rng``, each
+    sample is flipped left-right with probability 1/2 (the head is roughly
+    symmetric; a cheap augmentation).
     """
-    if crop and rng is None:
-        raise ValueError("crop needs an rng to place the windows")
     xs, ys, present = [], [], []
     for case_id, slice_id in picks:
         case = cases[case_id]
         x = stack_25d(case.volumes, [slice_id], context)[0].astype(np.float32)
         y = case.mask[slice_id]
-        if crop:
-            rows, cols = crop_window(y, crop, rng)
-            x, y = x[:, rows, cols], y[rows, cols]
-        if rng is not None and flip and rng.random() < 0.5:
+        if rng is not None and rng.random() < 0.5:
             x, y = x[..., ::-1], y[..., ::-1]
         xs.append(x)
         ys.append(y)
@@ -361,28 +347,3 @@ def make_batch(
         np.ascontiguousarray(np.stack(ys)),
         np.stack(present),
     )
-
-
-def crop_window(
-    mask: np.ndarray, crop: int, rng: np.random.Generator, lesion_share: float = 0.5
-) -> tuple[slice, slice]:
-    """Row and column slices of a ``crop``-pixel window of a 2D ``mask``'s slice.
-
-    With probability ``lesion_share`` (when ``mask`` holds lesion pixels) the
-    window contains a randomly chosen lesion pixel at a random place inside
-    it; otherwise it is placed uniformly.
-    """
-    height, width = mask.shape
-    if not 0 < crop <= min(height, width):
-        raise ValueError(f"crop must lie in 1..{min(height, width)}, got {crop}")
-    lesion = np.flatnonzero(mask)
-    if lesion.size and rng.random() < lesion_share:
-        row, col = np.unravel_index(lesion[rng.integers(lesion.size)], mask.shape)
-        top = int(row) - int(rng.integers(crop))
-        left = int(col) - int(rng.integers(crop))
-    else:
-        top = int(rng.integers(height - crop + 1))
-        left = int(rng.integers(width - crop + 1))
-    top = min(max(top, 0), height - crop)
-    left = min(max(left, 0), width - crop)
-    return slice(top, top + crop), slice(left, left + crop)
