@@ -62,7 +62,7 @@ class Settings:
     from ``first_seed`` on, at ``phantom_spacing`` mm, lesions at least
     ``phantom_min_diameter`` mm across (None: the generator's default).
     Training (see :class:`TrainConfig`): ``size``-pixel slices,
-    ``crop``-pixel windows, ``backbone`` at ``output_stride``, ``iterations``
+    ``backbone`` at ``output_stride``, ``iterations``
     of ``batch_size``, ``lr``, validation every
     ``val_interval``, lesion weight ``alpha`` (METHOD.md: 3), ``seed``,
     ``device``.
@@ -75,7 +75,6 @@ class Settings:
     phantom_spacing: float = 2.0
     phantom_min_diameter: float | None = 6.0
     size: int = 96
-    crop: int = 48
     backbone: str = "light"
     output_stride: int | None = 8
     iterations: int = 1200
@@ -102,7 +101,6 @@ PRESETS: dict[str, Settings] = {
         phantom_spacing=1.0,
         phantom_min_diameter=None,
         size=256,
-        crop=0,
         backbone="resnet50",
         output_stride=None,
         iterations=20000,
@@ -116,7 +114,6 @@ PRESETS: dict[str, Settings] = {
         phantom_spacing=4.0,
         phantom_min_diameter=None,
         size=32,
-        crop=16,
         iterations=2,
         batch_size=2,
         val_interval=2,
@@ -170,7 +167,6 @@ def train_config(settings: Settings, run: Run, runs_dir: Path) -> TrainConfig:
         phantom_min_diameter=settings.phantom_min_diameter,
         cache_dir=str(runs_dir / "cache"),
         size=settings.size,
-        crop=settings.crop,
         backbone=settings.backbone,
         output_stride=settings.output_stride,
         iterations=settings.iterations,

@@ -40,4 +40,4 @@ def test_budget_overrides_are_typed_and_checked(capsys):
     assert "unknown setting 'colour'" in capsys.readouterr().err
     config = reproduce.train_config(reproduce.PRESETS["smoke"], reproduce.RUNS[4], Path("runs"))
     assert config.loss == "lopsided_bootstrap" and config.beta == 0.1 and config.alpha == 3.0
-    assert config.censor_rate == 0.5 and config.crop == 16 and config.resume
+    assert config.censor_rate == 0.5 and config.size == 32 and config.resume

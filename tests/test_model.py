@@ -148,3 +148,29 @@ def test_bad_model_files_raise_model_file_errors(tmp_path) -> None:
     not_ours.write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(ModelFileError, match="not a napari-metseg model"):
         load_model(not_ours)
+
+
+def _residual_scales(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The batch-norm scale closing each residual branch of the backbone."""
+    from torchvision.models.mobilenetv3 import InvertedResidual
+    from torchvision.models.resnet import Bottleneck
+
+    scales = []
+    for block in model.modules():
+        if isinstance(block, Bottleneck):
+            scales.append(block.bn3.weight)
+        elif isinstance(block, InvertedResidual) and block.use_res_connect:
+            norms = [m for m in block.block.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            scales.append(norms[-1].weight)
+    return scales
+
+
+@pytest.mark.parametrize(("backbone", "blocks"), [("resnet50", 16), ("light", 10)])
+def test_residual_branches_start_at_zero_so_blocks_start_as_identities(backbone, blocks) -> None:
+    model = build_model(ModelConfig(backbone=backbone, preprocess=PreprocessConfig(size=32)))
+    scales = _residual_scales(model)
+    assert len(scales) == blocks and all(torch.count_nonzero(s) == 0 for s in scales)
+    # the blocks are identities; the rest of the network still sees the input
+    with torch.no_grad():
+        a, b = model(torch.rand(2, 20, 32, 32))
+    assert a.shape == (2, 32, 32) and not torch.allclose(a, b)
