@@ -68,3 +68,15 @@ def workspace_root(tmp_path, monkeypatch):
     root = tmp_path / "workspaces"
     monkeypatch.setenv(WORKSPACES_ENV, str(root))
     return root
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """The messages the workbench and the correction loop would show, by kind."""
+    from napari_metseg.widgets import correction_loop, workbench
+
+    shown = {"error": [], "info": []}
+    for module in (workbench, correction_loop):
+        monkeypatch.setattr(module, "show_error", shown["error"].append)
+        monkeypatch.setattr(module, "show_info", shown["info"].append)
+    return shown

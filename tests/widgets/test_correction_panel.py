@@ -13,7 +13,6 @@ from qtpy.QtCore import Qt
 from napari_metseg.correction import Workspace
 from napari_metseg.correction.workspace import file_digest
 from napari_metseg.model import load_model
-from napari_metseg.widgets import correction_loop as correction_module
 from napari_metseg.widgets.correction_panel import (
     CHANGES_LAYER,
     changes_layer,
@@ -32,14 +31,6 @@ from napari_metseg.widgets.workbench import Workbench
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 TIMEOUT_MS = 60_000
 ITERATIONS = 3
-
-
-@pytest.fixture
-def notifications(monkeypatch):
-    shown = {"error": [], "info": []}
-    monkeypatch.setattr(correction_module, "show_error", shown["error"].append)
-    monkeypatch.setattr(correction_module, "show_info", shown["info"].append)
-    return shown
 
 
 @pytest.fixture

@@ -25,14 +25,6 @@ def viewer_with_case(make_napari_viewer, tiny_case):
     return viewer
 
 
-@pytest.fixture
-def notifications(monkeypatch):
-    shown = {"error": [], "info": []}
-    monkeypatch.setattr(workbench_module, "show_error", shown["error"].append)
-    monkeypatch.setattr(workbench_module, "show_info", shown["info"].append)
-    return shown
-
-
 def _run_and_wait(qtbot, widget):
     qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
