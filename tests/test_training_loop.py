@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from napari_metseg.cli import main
-from napari_metseg.errors import Cancelled
+from napari_metseg.errors import Cancelled, ReadError
 
 model = pytest.importorskip("napari_metseg.model")
 if not hasattr(model, "build_model"):
@@ -87,6 +87,8 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tmp_path):
         train(config, progress=progress, cancel=cancel)
     out = Path(config.out_dir)
     assert pd.read_csv(out / "log.csv")["iteration"].tolist() == [1, 2, 3]
+    with pytest.raises(ReadError, match="'lr'"):
+        train(config.with_overrides({"resume": True, "lr": 0.5}))
     result = train(config.with_overrides({"resume": True}))
     assert result.iterations == 6
     assert pd.read_csv(out / "log.csv")["iteration"].tolist() == [1, 2, 3, 4, 5, 6]

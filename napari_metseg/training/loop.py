@@ -73,6 +73,11 @@ from napari_metseg.training.evaluation import evaluate_network
 
 logger = logging.getLogger(__name__)
 
+#: Settings a resumed run may change: how long and how often, where, and on what.
+RESUMABLE_CHANGES = frozenset(
+    {"iterations", "val_interval", "log_interval", "resume", "device", "out_dir"}
+)
+
 
 @dataclass
 class TrainResult:
@@ -203,6 +208,17 @@ class _Run:
     def load_checkpoint(self) -> None:
         path = self.checkpoint_path()
         state = torch.load(path, map_location=self.context.device, weights_only=False)
+        saved, wanted = state["config"], self.config.to_json()
+        changed = sorted(
+            key
+            for key in set(saved) | set(wanted)
+            if key not in RESUMABLE_CHANGES and saved.get(key) != wanted.get(key)
+        )
+        if changed:
+            raise ReadError(
+                f"cannot resume from {path}: it was trained with other settings ({changed}); "
+                "use another out_dir or delete the checkpoint"
+            )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
