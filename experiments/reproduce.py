@@ -77,7 +77,7 @@ class Settings:
     size: int = 64
     backbone: str = "light"
     output_stride: int | None = 8
-    iterations: int = 1500
+    iterations: int = 1000
     batch_size: int = 8
     lr: float = 1e-3
     val_interval: int = 500
