@@ -70,17 +70,17 @@ class Settings:
 
     train_cases: int = 12
     val_cases: int = 3
-    test_cases: int = 6
-    first_seed: int = 5000
-    phantom_spacing: float = 3.0
-    phantom_min_diameter: float | None = 8.0
-    size: int = 64
+    test_cases: int = 5
+    first_seed: int = 1000
+    phantom_spacing: float = 1.5
+    phantom_min_diameter: float | None = 5.0
+    size: int = 128
     backbone: str = "light"
     output_stride: int | None = 8
-    iterations: int = 1000
+    iterations: int = 600
     batch_size: int = 8
     lr: float = 1e-3
-    val_interval: int = 500
+    val_interval: int = 300
     alpha: float = 3.0
     seed: int = 0
     device: str = "auto"
