@@ -2,7 +2,7 @@
 
 Usage, from the repository root::
 
-    python experiments/reproduce.py                    # the CPU preset (about an hour on 2 cores)
+    python experiments/reproduce.py                    # the CPU preset (about 75 minutes on 2 cores)
     python experiments/reproduce.py --preset gpu       # a longer, larger run for one GPU
     python experiments/reproduce.py --jobs 2 --runs runs/experiments --doc docs/experiments.md
 
@@ -90,7 +90,7 @@ class Settings:
         return phantom_specs(self.first_seed + self.train_cases + self.val_cases, self.test_cases)
 
 
-#: Named budgets: ``cpu`` fits about an hour of a 2-core machine, ``gpu`` the
+#: Named budgets: ``cpu`` takes about 75 minutes of a 2-core machine, ``gpu`` the
 #: method's resolution and backbone on one GPU, ``smoke`` checks the harness.
 PRESETS: dict[str, Settings] = {
     "cpu": Settings(),
@@ -199,8 +199,11 @@ def _train_one(config_json: dict[str, Any], threads: int) -> str:
     from napari_metseg.training.loop import train
 
     torch.set_num_threads(threads)
+    # a pool worker trains several runs: label its log lines with the current one
     logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s [{config_json['out_dir']}] %(message)s"
+        level=logging.INFO,
+        format=f"%(asctime)s [{Path(config_json['out_dir']).name}] %(message)s",
+        force=True,
     )
     train(TrainConfig.from_json(config_json))
     return config_json["out_dir"]
