@@ -214,14 +214,15 @@ def train_all(configs: list[TrainConfig], jobs: int) -> None:
     todo = [config for config in configs if not _finished(config)]
     if not todo:
         return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    logger.info("training %d networks, %d at a time, %d threads each", len(todo), jobs, threads)
     if jobs == 1:
         from napari_metseg.training.loop import train
 
+        logger.info("training %d networks in this process", len(todo))
         for config in todo:
             train(config)
         return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logger.info("training %d networks, %d at a time, %d threads each", len(todo), jobs, threads)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_train_one, config.to_json(), threads) for config in todo]
         for future in futures:

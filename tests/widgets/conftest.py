@@ -80,3 +80,14 @@ def notifications(monkeypatch):
         monkeypatch.setattr(module, "show_error", shown["error"].append)
         monkeypatch.setattr(module, "show_info", shown["info"].append)
     return shown
+
+
+@pytest.fixture
+def viewer_with_case(make_napari_viewer, tiny_case):
+    """A napari viewer showing the tiny case's layers, as the reader would add them."""
+    from napari_metseg.widgets.layers import case_layers
+
+    viewer = make_napari_viewer()
+    for data, kwargs, layer_type in case_layers(tiny_case):
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    return viewer

@@ -23,7 +23,6 @@ from napari_metseg.widgets.layers import (
     CORRECTIONS_LAYER,
     LESIONS_LAYER,
     PROBABILITY_LAYER,
-    case_layers,
 )
 from napari_metseg.widgets.lesion_table import LesionTablePanel
 from napari_metseg.widgets.workbench import Workbench
@@ -31,14 +30,6 @@ from napari_metseg.widgets.workbench import Workbench
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_thread")]
 TIMEOUT_MS = 60_000
 ITERATIONS = 3
-
-
-@pytest.fixture
-def viewer_with_case(make_napari_viewer, tiny_case):
-    viewer = make_napari_viewer()
-    for data, kwargs, layer_type in case_layers(tiny_case):
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    return viewer
 
 
 def _segmented(qtbot, viewer, model_path) -> Workbench:

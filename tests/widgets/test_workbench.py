@@ -17,14 +17,6 @@ pytestmark = pytest.mark.gui
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def viewer_with_case(make_napari_viewer, tiny_case):
-    viewer = make_napari_viewer()
-    for data, kwargs, layer_type in case_layers(tiny_case):
-        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
-    return viewer
-
-
 def _run_and_wait(qtbot, widget):
     qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
