@@ -185,3 +185,14 @@ def test_full_round_trains_the_backbone_too(blob_case, model) -> None:
     assert result.mode == "full" and result.n_samples == 2  # ignore mode: corrected slices only
     first = "backbone.0.0.weight"
     assert not torch.equal(result.model.state_dict()[first], model.state_dict()[first])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_rounds_on_cuda_learn_the_strokes(blob_case, model, mode) -> None:
+    config = FinetuneConfig(mode=mode, iterations=40, lr=3e-3, device="cuda")
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.corrected_loss_after < 0.5 * result.corrected_loss_before
+    after = segment(blob_case, result.model, device="cpu")
+    assert after[BLOB].mean() > segment(blob_case, model, device="cpu")[BLOB].mean() + 0.1

@@ -57,6 +57,20 @@ class _OnlyFlair(nn.Module):
         return torch.stack([torch.zeros_like(flair_centre), self.weight * flair_centre - 1], 1)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_saliency_agrees_with_cpu(case) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preprocess=SMALL)).eval()
+    middle = case.shape[0] // 2
+    on_cpu = compute_saliency(case, model, slice_index=middle, device="cpu")
+    on_gpu = compute_saliency(case, model, slice_index=middle, device="cuda")
+    for name, saliency_map in on_cpu.maps.items():
+        # cuDNN may convolve in TF32: agree to 2% of the map's peak
+        tolerance = 0.02 * float(saliency_map.max())
+        np.testing.assert_allclose(on_gpu.maps[name], saliency_map, rtol=0.02, atol=tolerance)
+
+
 def test_a_model_that_reads_one_sequence_puts_all_saliency_there(case) -> None:
     region = np.zeros(case.shape, dtype=bool)
     region[case.shape[0] // 2 - 1 : case.shape[0] // 2 + 1] = True

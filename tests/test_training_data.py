@@ -139,6 +139,20 @@ def test_prepare_cases_censors_and_caches(tmp_path, monkeypatch):
     assert np.array_equal(censored[0].volumes, case.volumes)  # read back from the cache
 
 
+def test_workers_prepare_the_same_cases_in_order():
+    specs = ["phantom:5", "phantom:3", "phantom:4"]
+    shared = {"phantom_spacing": 4.0, "config": PreprocessConfig(size=32)}
+    serial, _ = prepare_cases(specs, ("bravo", "flair"), **shared)
+    steps = []
+    parallel, _ = prepare_cases(
+        specs, ("bravo", "flair"), workers=3, progress=lambda *step: steps.append(step), **shared
+    )
+    assert [case.name for case in parallel] == [case.name for case in serial]
+    for one, other in zip(serial, parallel, strict=True):
+        assert np.array_equal(one.volumes, other.volumes) and np.array_equal(one.truth, other.truth)
+    assert steps[-1] == (3, 3, "cases prepared")
+
+
 def test_phantom_min_diameter_makes_training_lesions_bigger():
     def component_sizes(case) -> list[int]:
         labels, count = ndimage.label(case.truth > 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from napari_metseg.cli import main
 from napari_metseg.errors import Cancelled, ReadError
@@ -53,6 +54,17 @@ def test_a_few_iterations_reduce_the_loss(tmp_path):
     assert result.final_model.exists() and result.best_model is None
     shares = log.filter(like="saliency_").drop(columns="saliency_total").iloc[-1]
     assert shares.sum() == pytest.approx(2.0)  # per-sequence and per-offset shares each sum to 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_on_cuda_learns_and_saves_a_cpu_loadable_model(tmp_path):
+    result = train(tiny(tmp_path, iterations=40, log_interval=10, val_interval=20, device="cuda",
+                        synthetic_val=1))  # fmt: skip
+    log = pd.read_csv(result.out_dir / "log.csv")
+    assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
+    network = model.load_model(result.best_model, "cpu")
+    assert next(network.parameters()).device.type == "cpu"
 
 
 def test_validation_keeps_the_best_model_and_writes_logs(tmp_path):

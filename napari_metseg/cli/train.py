@@ -37,6 +37,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--size": ("size", "slice size in pixels"),
     "--seed": ("seed", "random seed"),
     "--device": ("device", "auto, cpu or cuda"),
+    "--workers": ("workers", "processes preparing cases at once"),
 }
 
 

@@ -36,7 +36,8 @@ class TrainConfig:
     from ``synthetic_seed`` on (validation seeds follow the training ones) at
     ``phantom_spacing`` mm, with lesions at least ``phantom_min_diameter`` mm
     across (None: the generator's default); ``mapping`` (file or ``role=pattern`` text for the
-    readers); ``cache_dir`` for pre-processed ``.npz`` files.
+    readers); ``cache_dir`` for pre-processed ``.npz`` files, prepared by
+    ``workers`` processes at once.
 
     Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
     ``context`` neighbours per side. Model: ``integration``, ``sharing``,
@@ -67,6 +68,7 @@ class TrainConfig:
     phantom_min_diameter: float | None = None
     mapping: str | None = None
     cache_dir: str | None = None
+    workers: int = 1
     sequences: tuple[str, ...] = SEQUENCES
     size: int = 256
     context: int = 2
@@ -99,7 +101,7 @@ class TrainConfig:
     log_interval: int = 50
 
     def __post_init__(self) -> None:
-        positive = ("size", "iterations", "batch_size", "val_interval", "log_interval")
+        positive = ("workers", "size", "iterations", "batch_size", "val_interval", "log_interval")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -25,7 +25,9 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -251,21 +253,39 @@ def prepare_cases(
     cache_dir: str | os.PathLike | None = None,
     progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    workers: int = 1,
 ) -> tuple[list[TrainingCase], CensorRecord]:
     """Load, pre-process and censor the cases ``specs`` (one split).
 
-    Censoring (``censor_rate`` > 0) runs over the native truth masks of all the
-    cases together (size mode ranks lesions across cases by mm^3). Returns the
+    ``workers`` > 1 prepares that many cases at once in separate processes:
+    a 1 mm phantom takes about 15 s of one core, so a 60-case set is minutes
+    in one process and seconds on a 16-core GPU host. Censoring
+    (``censor_rate`` > 0) runs over the native truth masks of all the cases
+    together (size mode ranks lesions across cases by mm^3). Returns the
     cases in ``specs`` order and the censoring record.
     """
     cache = Path(cache_dir) if cache_dir is not None else None
-    prepared = []
-    for index, spec in enumerate(specs):
-        check_cancel(cancel)
-        progress(index, len(specs), f"preparing {spec}")
-        prepared.append(
-            _prepare(spec, sequences, config, mapping, phantom_spacing, phantom_min_diameter, cache)
-        )
+    arguments = [
+        (spec, sequences, config, mapping, phantom_spacing, phantom_min_diameter, cache)
+        for spec in specs
+    ]
+    prepared: list[_Prepared] = []
+    if workers > 1 and len(specs) > 1:
+        with ProcessPoolExecutor(min(workers, len(specs)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_prepare, *args): index for index, args in enumerate(arguments)}
+            by_index = {}
+            for done, future in enumerate(as_completed(futures)):
+                if cancel is not None and cancel.is_set():
+                    pool.shutdown(cancel_futures=True)
+                check_cancel(cancel)
+                by_index[futures[future]] = future.result()
+                progress(done + 1, len(specs), f"prepared {specs[futures[future]]}")
+            prepared = [by_index[index] for index in range(len(specs))]
+    else:
+        for index, args in enumerate(arguments):
+            check_cancel(cancel)
+            progress(index, len(specs), f"preparing {args[0]}")
+            prepared.append(_prepare(*args))
     progress(len(specs), len(specs), "cases prepared")
     truths, record = censor_lesions(
         [item.truth for item in prepared],

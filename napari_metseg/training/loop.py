@@ -75,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings a resumed run may change: how long and how often, where, and on what.
 RESUMABLE_CHANGES = frozenset(
-    {"iterations", "val_interval", "log_interval", "resume", "device", "out_dir"}
+    {"iterations", "val_interval", "log_interval", "resume", "device", "out_dir", "workers"}
 )
 
 
@@ -253,6 +253,7 @@ def _train(
         "phantom_min_diameter": config.phantom_min_diameter,
         "cache_dir": config.cache_dir,
         "cancel": cancel,
+        "workers": config.workers,
     }
     report = progress if context.main else no_progress
     train_cases, record = prepare_cases(
