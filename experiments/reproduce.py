@@ -287,18 +287,26 @@ def _off_name(off: tuple[str, ...]) -> str:
     return "none" if not off else "-".join(off)
 
 
-def collect(settings: Settings, runs_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """Every score the three tables need: run name -> sequences off -> scores."""
+def collect(
+    settings: Settings, runs_dir: Path, jobs: int = 1
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Every score the three tables need: run name -> sequences off -> scores.
+
+    ``jobs`` > 1 scores that many networks at once, in separate processes.
+    """
     one_off = [()] + [(name,) for name in SEQUENCES]
     plan = {
         "dropout": one_off,
         "no_dropout": [(), ("bravo",)],
         "without_bravo": [()],
     }
-    results = {}
-    for run in RUNS:
-        results[run.name] = score(settings, runs_dir, run, plan.get(run.name, [()]))
-    return results
+    arguments = [(settings, runs_dir, run, plan.get(run.name, [()])) for run in RUNS]
+    if jobs == 1:
+        scores = [score(*args) for args in arguments]
+    else:
+        with ProcessPoolExecutor(min(jobs, len(RUNS)), mp_context=get_context("spawn")) as pool:
+            scores = list(pool.map(score, *zip(*arguments, strict=True)))
+    return {run.name: result for run, result in zip(RUNS, scores, strict=True)}
 
 
 def _cell(scores: dict[str, float], key: str) -> str:
@@ -490,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs / args.preset
     prepare_phantoms(settings, runs_dir, os.cpu_count() or 1)
     train_all([train_config(settings, run, runs_dir) for run in RUNS], args.jobs)
-    results = collect(settings, runs_dir)
+    results = collect(settings, runs_dir, args.jobs)
     (runs_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(settings, args.preset, results, args.doc, args.figure)
     logger.info("wrote %s", args.doc)
