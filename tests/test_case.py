@@ -88,3 +88,15 @@ def test_case_validates_shapes() -> None:
         Case(images={"flair": image}, geometry=geometry, truth=np.zeros((1, 1, 1), np.uint8))
     with pytest.raises(SequenceError):
         Case(images={}, geometry=geometry)
+
+
+def test_fingerprint_tells_apart_cases_on_one_grid() -> None:
+    geometry = Geometry.from_source((4, 6, 6), np.eye(4))
+    image = np.arange(4 * 6 * 6, dtype=np.float32).reshape(geometry.shape)
+    case = Case(images={"flair": image}, geometry=geometry, name="a")
+    same = Case(images={"flair": image.copy()}, geometry=geometry, name="b")
+    assert case.fingerprint() == same.fingerprint()  # the images, not the name
+    changed = image.copy()
+    changed[2, 2, 2] += 1.0
+    assert Case(images={"flair": changed}, geometry=geometry).fingerprint() != case.fingerprint()
+    assert Case(images={"bravo": image}, geometry=geometry).fingerprint() != case.fingerprint()

@@ -135,7 +135,7 @@ class CorrectionLoop(QObject):
     def open_case(self, case: Case, base_model: Path | None) -> None:
         """Find the workspace of ``case`` under the root (opened if it exists, else made
         when the first stroke is saved)."""
-        folder = workspace_folder(self.root, case.geometry, base_model)
+        folder = workspace_folder(self.root, case, base_model)
         if folder == self.folder:
             return
         self.save()

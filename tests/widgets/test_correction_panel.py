@@ -105,16 +105,23 @@ def test_changes_layer_rings_new_lesions_green_and_removed_ones_red(tiny_case):
     np.testing.assert_allclose(kwargs["affine"], tiny_case.geometry.napari_affine)
 
 
-def test_workspace_folder_follows_the_grid_and_the_base_model(tmp_path, tiny_case, tiny_model_path):
-    geometry = tiny_case.geometry
-    folder = workspace_folder(tmp_path, geometry, tiny_model_path)
-    assert folder == workspace_folder(tmp_path, geometry, tiny_model_path)
+def test_workspace_folder_follows_the_images_grid_and_base_model(
+    tmp_path, tiny_case, tiny_model_path
+):
+    folder = workspace_folder(tmp_path, tiny_case, tiny_model_path)
+    assert folder == workspace_folder(tmp_path, tiny_case, tiny_model_path)
     assert folder.parent == tmp_path and folder.name.startswith("case-")
-    assert folder != workspace_folder(tmp_path, geometry, None)
-    shifted = geometry.affine.copy()
+    assert folder != workspace_folder(tmp_path, tiny_case, None)
+    shifted = tiny_case.geometry.affine.copy()
     shifted[0, 3] += 10.0
-    moved = dataclasses.replace(geometry, affine=shifted)
+    moved = dataclasses.replace(
+        tiny_case, geometry=dataclasses.replace(tiny_case.geometry, affine=shifted)
+    )
     assert folder != workspace_folder(tmp_path, moved, tiny_model_path)
+    # another patient on the very same grid must not see this one's strokes
+    images = {name: image[::-1].copy() for name, image in tiny_case.images.items()}
+    other = dataclasses.replace(tiny_case, images=images)
+    assert folder != workspace_folder(tmp_path, other, tiny_model_path)
 
 
 def test_segmenting_adds_the_corrections_layer_on_the_reference_grid(
@@ -226,7 +233,7 @@ def test_corrections_autosave_and_come_back_in_a_new_workbench(
     _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
     qtbot.waitUntil(lambda: _saved(first), timeout=TIMEOUT_MS)
     folder = first.correction.workspace.folder
-    assert folder == workspace_folder(first.correction.root, tiny_case.geometry, tiny_model_path)
+    assert folder == workspace_folder(first.correction.root, tiny_case, tiny_model_path)
     np.testing.assert_array_equal(Workspace(folder).corrections, _strokes(tiny_case.shape))
 
     _paint(viewer_with_case.layers[CORRECTIONS_LAYER], 1, 5, (1, 2), (1, 2))
