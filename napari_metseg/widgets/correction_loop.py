@@ -354,18 +354,31 @@ class CorrectionLoop(QObject):
         return None
 
     def _watch(self, layer: napari.layers.Labels) -> None:
-        """Autosave ``layer``'s strokes (paint: brush, fill, accept / reject; data: replaced)."""
+        """Autosave ``layer``'s strokes (paint: brush, fill, accept / reject; data: replaced;
+        set_data: an undo or redo of a stroke, told from the redraws that every slice change
+        also sends by the layer's history lengths)."""
         if layer is self.layer:
             return
         _unhooker(self._hooked)()
         timer = self._timer
+        history = [_history_lengths(layer)]
 
         def schedule(event=None) -> None:
             timer.start()
 
-        for emitter in (layer.events.paint, layer.events.data):
-            emitter.connect(schedule)
-            self._hooked.append((emitter, schedule))
+        def schedule_if_history_moved(event=None) -> None:
+            lengths = _history_lengths(layer)
+            if lengths != history[0]:
+                history[0] = lengths
+                timer.start()
+
+        for emitter, callback in (
+            (layer.events.paint, schedule),
+            (layer.events.data, schedule),
+            (layer.events.set_data, schedule_if_history_moved),
+        ):
+            emitter.connect(callback)
+            self._hooked.append((emitter, callback))
         self.layer = layer
         layer.selected_label = 1
 
@@ -390,6 +403,13 @@ class CorrectionLoop(QObject):
         path = QFileDialog.getExistingDirectory(self.panel, "Workspace folder", str(self.root))
         if path:
             self.set_root(path)
+
+
+def _history_lengths(layer: napari.layers.Labels) -> tuple[int, int]:
+    """Lengths of the layer's undo and redo histories; napari emits no event of its own
+    for an undo (``(0, 0)`` if a napari version renames them: undos then save at the next
+    stroke or save point, as before)."""
+    return len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ()))
 
 
 def _unhooker(hooked: list[Any]) -> Callable[[], None]:

@@ -226,6 +226,20 @@ def test_undo_and_redo_restore_the_predictions_of_each_version(qtbot, segmented)
     assert segmented._model_key()[0] == segmented.segment_panel.model_path()
 
 
+def test_undoing_a_stroke_is_saved_too(qtbot, viewer_with_case, tiny_model_path):
+    widget = _segmented(qtbot, viewer_with_case, tiny_model_path)
+    layer = viewer_with_case.layers[CORRECTIONS_LAYER]
+    _paint(layer, 1, 5, (1, 3), (1, 3))
+    qtbot.waitUntil(lambda: _saved(widget), timeout=TIMEOUT_MS)
+    folder = widget.correction.workspace.folder
+    assert Workspace(folder).corrections[5, 1, 1] == 1
+    viewer_with_case.dims.set_current_step(0, 3)  # a redraw alone saves nothing new
+    layer.undo()  # Ctrl+Z
+    qtbot.waitUntil(lambda: Workspace(folder).corrections[5, 1, 1] == 0, timeout=TIMEOUT_MS)
+    layer.redo()
+    qtbot.waitUntil(lambda: Workspace(folder).corrections[5, 1, 1] == 1, timeout=TIMEOUT_MS)
+
+
 def test_corrections_autosave_and_come_back_in_a_new_workbench(
     qtbot, viewer_with_case, tiny_model_path, tiny_case
 ):
