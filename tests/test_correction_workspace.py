@@ -83,7 +83,10 @@ def test_rounds_make_versions_and_never_touch_the_base(tmp_path, case, tiny_mode
 
 def test_corrections_autosave_and_reload(tmp_path, case, tiny_model_path) -> None:
     space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
-    space.set_corrections(marks())
+    assert space.set_corrections(marks())
+    written = (tmp_path / "ws" / "corrections.npz").stat().st_mtime_ns
+    assert not space.set_corrections(marks())  # unchanged: nothing written
+    assert (tmp_path / "ws" / "corrections.npz").stat().st_mtime_ns == written
     space.finetune(case, FAST)
     del space
     reopened = Workspace(tmp_path / "ws")

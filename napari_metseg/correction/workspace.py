@@ -224,12 +224,21 @@ class Workspace:
         with self._lock:
             return self._corrections.copy()
 
-    def set_corrections(self, corrections: np.ndarray) -> None:
-        """Replace the strokes and autosave them (atomically) to ``corrections.npz``."""
-        checked = check_corrections(corrections, self.shape).copy()
+    def set_corrections(self, corrections: np.ndarray) -> bool:
+        """Replace the strokes and autosave them (atomically) to ``corrections.npz``.
+
+        Returns False, writing nothing, when they equal the saved ones: a
+        viewer may ask after every redraw, and comparing costs far less than
+        writing.
+        """
+        checked = check_corrections(corrections, self.shape)
+        path = self.folder / CORRECTIONS
         with self._lock:
-            self._corrections = checked
-            _write_corrections(self.folder / CORRECTIONS, checked)
+            if np.array_equal(checked, self._corrections) and path.exists():
+                return False
+            self._corrections = checked.copy()
+            _write_corrections(path, self._corrections)
+        return True
 
     def version_corrections(self, version: str) -> np.ndarray:
         """The corrections ``version`` was trained on."""

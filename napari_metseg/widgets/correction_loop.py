@@ -355,30 +355,19 @@ class CorrectionLoop(QObject):
 
     def _watch(self, layer: napari.layers.Labels) -> None:
         """Autosave ``layer``'s strokes (paint: brush, fill, accept / reject; data: replaced;
-        set_data: an undo or redo of a stroke, told from the redraws that every slice change
-        also sends by the layer's history lengths)."""
+        set_data: also an undo or redo, which sends nothing else, among the redraws of every
+        slice change, which the workspace finds unchanged and does not write)."""
         if layer is self.layer:
             return
         _unhooker(self._hooked)()
         timer = self._timer
-        history = [_history_lengths(layer)]
 
         def schedule(event=None) -> None:
             timer.start()
 
-        def schedule_if_history_moved(event=None) -> None:
-            lengths = _history_lengths(layer)
-            if lengths != history[0]:
-                history[0] = lengths
-                timer.start()
-
-        for emitter, callback in (
-            (layer.events.paint, schedule),
-            (layer.events.data, schedule),
-            (layer.events.set_data, schedule_if_history_moved),
-        ):
-            emitter.connect(callback)
-            self._hooked.append((emitter, callback))
+        for emitter in (layer.events.paint, layer.events.data, layer.events.set_data):
+            emitter.connect(schedule)
+            self._hooked.append((emitter, schedule))
         self.layer = layer
         layer.selected_label = 1
 
@@ -403,13 +392,6 @@ class CorrectionLoop(QObject):
         path = QFileDialog.getExistingDirectory(self.panel, "Workspace folder", str(self.root))
         if path:
             self.set_root(path)
-
-
-def _history_lengths(layer: napari.layers.Labels) -> tuple[int, int]:
-    """Lengths of the layer's undo and redo histories; napari emits no event of its own
-    for an undo (``(0, 0)`` if a napari version renames them: undos then save at the next
-    stroke or save point, as before)."""
-    return len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ()))
 
 
 def _unhooker(hooked: list[Any]) -> Callable[[], None]:
