@@ -107,7 +107,7 @@ def test_sampler_skips_slices_without_tissue():
 def test_batch_layout_edges_and_flip():
     cases = [toy_case(6, [0])]
     x, y, present = make_batch(cases, [(0, 0), (0, 5)], context=1)
-    assert x.shape == (2, 6, 8, 8) and x.dtype == np.float32
+    assert x.shape == (2, 6, 8, 8) and x.dtype == cases[0].volumes.dtype
     # sequence-major, edge slice repeated: [s0 z-1, z, z+1, s1 z-1, z, z+1]
     assert x[0, :, 0, 0].tolist() == [0, 0, 1, 10, 10, 11]
     assert x[1, :, 0, 0].tolist() == [4, 5, 5, 14, 15, 15]

@@ -347,23 +347,22 @@ def make_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2.5D inputs, targets and presence for ``(case, slice)`` picks.
 
-    Returns ``x`` float32 ``(B, n_seq * (2 * context + 1), H, W)``, ``y`` bool
-    ``(B, H, W)`` and ``present`` bool ``(B, n_seq)``. With ``rng``, each
-    sample is flipped left-right with probability 1/2 (the head is roughly
-    symmetric; a cheap augmentation).
+    Returns ``x`` ``(B, n_seq * (2 * context + 1), H, W)`` in the volumes'
+    dtype (float16 as prepared: half the bytes to copy and to send to a GPU,
+    which casts faster than the CPU), ``y`` bool ``(B, H, W)`` and
+    ``present`` bool ``(B, n_seq)``. With ``rng``, each sample is flipped
+    left-right with probability 1/2 (the head is roughly symmetric; a cheap
+    augmentation).
     """
-    xs, ys, present = [], [], []
-    for case_id, slice_id in picks:
+    first = cases[picks[0][0]]
+    n_seq, _, height, width = first.volumes.shape
+    x = np.empty((len(picks), n_seq * (2 * context + 1), height, width), first.volumes.dtype)
+    y = np.empty((len(picks), height, width), dtype=bool)
+    present = np.empty((len(picks), n_seq), dtype=bool)
+    for index, (case_id, slice_id) in enumerate(picks):
         case = cases[case_id]
-        x = stack_25d(case.volumes, [slice_id], context)[0].astype(np.float32)
-        y = case.mask[slice_id]
+        stacked, mask = stack_25d(case.volumes, [slice_id], context)[0], case.mask[slice_id]
         if rng is not None and rng.random() < 0.5:
-            x, y = x[..., ::-1], y[..., ::-1]
-        xs.append(x)
-        ys.append(y)
-        present.append(case.present)
-    return (
-        np.ascontiguousarray(np.stack(xs)),
-        np.ascontiguousarray(np.stack(ys)),
-        np.stack(present),
-    )
+            stacked, mask = stacked[..., ::-1], mask[..., ::-1]
+        x[index], y[index], present[index] = stacked, mask, case.present
+    return x, y, present

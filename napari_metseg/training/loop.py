@@ -361,7 +361,7 @@ def _step(
     config, device = run.config, run.context.device
     picks = sampler.sample(rng, config.batch_size)
     x, y, present = make_batch(cases, picks, config.context, rng if config.flip else None)
-    inputs = torch.from_numpy(x).to(device)
+    inputs = torch.from_numpy(x).to(device).float()
     target = torch.from_numpy(y).to(device)
     presence = torch.from_numpy(present).to(device)
     if config.sequence_dropout:
