@@ -33,11 +33,12 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import typing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +473,14 @@ def _plot(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     plt.close(figure)
 
 
+def stop_workers(signum: int, frame: Any = None) -> None:
+    """SIGTERM handler: end the worker processes too, which would otherwise train on
+    (a ``kill`` or ``pkill`` reaches this process only, unlike Ctrl-C in a terminal)."""
+    for child in active_children():
+        child.terminate()
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -506,4 +515,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop_workers)
     sys.exit(main())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
+from multiprocessing import get_context
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,12 @@ def test_budget_overrides_are_typed_and_checked(capsys):
     config = reproduce.train_config(reproduce.PRESETS["smoke"], reproduce.RUNS[4], Path("runs"))
     assert config.loss == "lopsided_bootstrap" and config.beta == 0.1 and config.alpha == 3.0
     assert config.censor_rate == 0.5 and config.size == 32 and config.resume
+
+
+def test_sigterm_ends_the_worker_processes_too():
+    worker = get_context("spawn").Process(target=time.sleep, args=(60,))
+    worker.start()
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.stop_workers(signal.SIGTERM)
+    worker.join(timeout=10)
+    assert not worker.is_alive() and stopped.value.code == 128 + signal.SIGTERM
