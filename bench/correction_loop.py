@@ -1,7 +1,8 @@
 """Simulated-annotator benchmark of the active-correction loop (issue #7).
 
 Usage: ``python -m bench.correction_loop [--rounds 3] [--cases 2] [--threads 1]``
-from the repository root.
+from the repository root; ``--model default --spacing 1.5`` starts from the
+bundled model instead of step 1, on phantoms like the sample case.
 
 1. A deliberately weak model: a short CPU training run on phantoms whose masks
    lost half their lesions (``censor_rate=0.5``), light backbone at
@@ -40,7 +41,7 @@ from napari_metseg.correction import (
 )
 from napari_metseg.engine import predict_prepared
 from napari_metseg.lesions import label_components
-from napari_metseg.model import load_model
+from napari_metseg.model import default_model_path, load_model
 from napari_metseg.phantom import make_phantom
 from napari_metseg.preprocess import prepare_case, restore_slices
 from napari_metseg.training.config import TrainConfig
@@ -140,7 +141,13 @@ def run_case(seed: int, model_path: Path, args: argparse.Namespace) -> list[dict
         for round_index in range(1, args.rounds + 1):
             annotate(corrections, labels, score, painted, args.k)
             config = FinetuneConfig(
-                mode="fast", beta=beta, iterations=args.iterations, device="cpu", seed=round_index
+                mode="fast",
+                beta=beta,
+                iterations=args.iterations,
+                lr=args.lr,
+                unmarked_weight=args.unmarked_weight,
+                device="cpu",
+                seed=round_index,
             )
             result = finetune(prepared, model, corrections, config)
             model = result.model
@@ -175,18 +182,26 @@ def main() -> None:
     parser.add_argument("--lesions", type=int, default=10, help="lesions per held-out case")
     parser.add_argument("--k", type=int, default=2, help="missed lesions painted per round")
     parser.add_argument("--iterations", type=int, default=30, help="steps per round")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning rate (mode default)")
+    parser.add_argument("--unmarked-weight", type=float, default=FinetuneConfig.unmarked_weight)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--spacing", type=float, default=3.0, help="phantom spacing in mm")
     parser.add_argument("--train-iterations", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench_correction"))
+    parser.add_argument(
+        "--model", help="start from this model ('default': the bundled one), not a weak one"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {args.threads} thread(s)"
     )
-    model_path = weak_model(args.cache, args.size, args.train_iterations, args.spacing)
+    if args.model:
+        model_path = default_model_path() if args.model == "default" else Path(args.model)
+    else:
+        model_path = weak_model(args.cache, args.size, args.train_iterations, args.spacing)
     rows = []
     for seed in range(9000, 9000 + args.cases):
         rows += run_case(seed, model_path, args)
