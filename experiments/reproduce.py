@@ -92,9 +92,10 @@ class Settings:
 
 
 #: Named budgets: ``cpu`` takes about 75 minutes of a 2-core machine; ``gpu`` the
-#: method's 256-pixel slices on 1 mm phantoms, all seven networks at once on one
-#: GPU (add ``--set backbone=resnet50 --set iterations=20000`` for the method's
-#: backbone and length); ``smoke`` checks the harness.
+#: method's 256-pixel slices on 1 mm phantoms, sized to train all seven networks
+#: at once on one GPU with ``--jobs 7`` (add ``--set backbone=resnet50 --set
+#: iterations=20000`` for the method's backbone and length); ``smoke`` checks the
+#: harness.
 PRESETS: dict[str, Settings] = {
     "cpu": Settings(),
     "gpu": Settings(
@@ -188,27 +189,35 @@ def train_config(settings: Settings, run: Run, runs_dir: Path) -> TrainConfig:
 def _finished(config: TrainConfig) -> bool:
     out = Path(config.out_dir)
     try:
-        stored = json.loads((out / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        stored = TrainConfig.from_json(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError):  # JSONDecodeError is a ValueError
         return False
-    return (out / "summary.json").exists() and stored == config.to_json()
+    return (out / "summary.json").exists() and stored == config
+
+
+def _worker_setup(threads: int, label: str) -> None:
+    """In a pool worker: ``threads`` CPU threads, log lines labelled with the run it serves."""
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{label}] %(message)s", force=True)
 
 
 def _train_one(config_json: dict[str, Any], threads: int) -> str:
     """Train in a worker process (``threads`` CPU threads); returns the run folder."""
-    import torch
-
     from napari_metseg.training.loop import train
 
-    torch.set_num_threads(threads)
-    # a pool worker trains several runs: label its log lines with the current one
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s [{Path(config_json['out_dir']).name}] %(message)s",
-        force=True,
-    )
+    _worker_setup(threads, Path(config_json["out_dir"]).name)
     train(TrainConfig.from_json(config_json))
     return config_json["out_dir"]
+
+
+def _score_one(
+    settings: Settings, runs_dir: Path, run: Run, settings_off: list[tuple[str, ...]], threads: int
+) -> dict[str, dict[str, float]]:
+    """:func:`score` in a worker process (``threads`` CPU threads)."""
+    _worker_setup(threads, run.name)
+    return score(settings, runs_dir, run, settings_off)
 
 
 def train_all(configs: list[TrainConfig], jobs: int) -> None:
@@ -305,8 +314,10 @@ def collect(
     if jobs == 1:
         scores = [score(*args) for args in arguments]
     else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(min(jobs, len(RUNS)), mp_context=get_context("spawn")) as pool:
-            scores = list(pool.map(score, *zip(*arguments, strict=True)))
+            futures = [pool.submit(_score_one, *args, threads) for args in arguments]
+            scores = [future.result() for future in futures]
     return {run.name: result for run, result in zip(RUNS, scores, strict=True)}
 
 

@@ -151,6 +151,8 @@ def test_workers_prepare_the_same_cases_in_order():
     for one, other in zip(serial, parallel, strict=True):
         assert np.array_equal(one.volumes, other.volumes) and np.array_equal(one.truth, other.truth)
     assert steps[-1] == (3, 3, "cases prepared")
+    with pytest.raises(ReadError, match="missing"):
+        prepare_cases([specs[0], "/no/such/case/missing"], ("bravo",), workers=2, **shared)
 
 
 def test_phantom_min_diameter_makes_training_lesions_bigger():

@@ -231,13 +231,14 @@ class Workspace:
         viewer may ask after every redraw, and comparing costs far less than
         writing.
         """
-        checked = check_corrections(corrections, self.shape)
         path = self.folder / CORRECTIONS
         with self._lock:
-            if np.array_equal(checked, self._corrections) and path.exists():
+            if path.exists() and np.array_equal(corrections, self._corrections):
                 return False
-            self._corrections = checked.copy()
-            _write_corrections(path, self._corrections)
+        checked = check_corrections(corrections, self.shape).copy()
+        with self._lock:
+            self._corrections = checked
+            _write_corrections(path, checked)
         return True
 
     def version_corrections(self, version: str) -> np.ndarray:

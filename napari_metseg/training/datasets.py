@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -271,16 +271,21 @@ def prepare_cases(
     ]
     prepared: list[_Prepared] = []
     if workers > 1 and len(specs) > 1:
-        with ProcessPoolExecutor(min(workers, len(specs)), mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(min(workers, len(specs)), mp_context=get_context("spawn"))
+        try:
             futures = {pool.submit(_prepare, *args): index for index, args in enumerate(arguments)}
-            by_index = {}
-            for done, future in enumerate(as_completed(futures)):
-                if cancel is not None and cancel.is_set():
-                    pool.shutdown(cancel_futures=True)
+            by_index: dict[int, _Prepared] = {}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 check_cancel(cancel)
-                by_index[futures[future]] = future.result()
-                progress(done + 1, len(specs), f"prepared {specs[futures[future]]}")
+                for future in finished:
+                    by_index[futures[future]] = future.result()
+                    progress(len(by_index), len(specs), f"prepared {specs[futures[future]]}")
             prepared = [by_index[index] for index in range(len(specs))]
+        finally:
+            # an error or a cancel returns at once; cases already running finish unseen
+            pool.shutdown(wait=False, cancel_futures=True)
     else:
         for index, args in enumerate(arguments):
             check_cancel(cancel)

@@ -113,6 +113,14 @@ class CasePanel(QGroupBox):
         """The layer of each present sequence, in model order."""
         return {sequence: self.layer_for(sequence) for sequence in self.present()}
 
+    def assigned(self) -> dict[str, Image]:
+        """The layer of each assigned sequence, switched on or off, in model order."""
+        return {
+            sequence: layer
+            for sequence in self._combos
+            if (layer := self.layer_for(sequence)) is not None
+        }
+
     def _image_layers(self) -> list[Image]:
         return [layer for layer in self._viewer.layers if _is_image(layer)]
 

@@ -114,6 +114,7 @@ class CorrectionLoop(QObject):
         self.changes: LesionChanges | None = None
         self._geometry: Geometry | None = None
         self._base_model: Path | None = None
+        self._images = ""
         self._case_name = "case"
         self._layer_folder: Path | None = None
         self._predictions: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
@@ -132,14 +133,15 @@ class CorrectionLoop(QObject):
         self.panel.layer_requested.connect(self.show_corrections)
         self.panel.root_requested.connect(self._ask_root)
 
-    def open_case(self, case: Case, base_model: Path | None) -> None:
+    def open_case(self, case: Case, images: str, base_model: Path | None) -> None:
         """Find the workspace of ``case`` under the root (opened if it exists, else made
-        when the first stroke is saved)."""
-        folder = workspace_folder(self.root, case, base_model)
+        when the first stroke is saved); ``images``: the fingerprint of every assigned
+        image (see :func:`workspace_folder`)."""
+        folder = workspace_folder(self.root, case.geometry, images, base_model)
         if folder == self.folder:
             return
         self.save()
-        self.folder, self.workspace = folder, None
+        self.folder, self.workspace, self._images = folder, None, images
         self._geometry, self._base_model = case.geometry, base_model
         self._case_name = Path(next(iter(case.sources.values()), "") or case.name).name
         self._predictions.clear()
@@ -264,7 +266,7 @@ class CorrectionLoop(QObject):
         workbench = self.workbench
         if workbench.case is not None:
             self.folder = None
-            self.open_case(workbench.case, self._base_model)
+            self.open_case(workbench.case, self._images, self._base_model)
             self.show_corrections()
 
     def _switch(self, direction: str) -> Any:

@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 from scipy import ndimage
 
-from napari_metseg.case import Case, Geometry
+from napari_metseg.case import Geometry
 from napari_metseg.correction import FinetuneConfig, Workspace
 from napari_metseg.model.files import default_model_path
 from napari_metseg.widgets.layers import layer_metadata
@@ -56,18 +56,22 @@ def default_workspace_root() -> Path:
     return Path(data) / "napari-metseg" / "workspaces"
 
 
-def workspace_folder(root: str | os.PathLike, case: Case, base_model: Path | None) -> Path:
-    """The workspace folder of a case: ``root/case-<hash of images, grid and base model>``.
+def workspace_folder(
+    root: str | os.PathLike, geometry: Geometry, images: str, base_model: Path | None
+) -> Path:
+    """The workspace folder of a case: ``root/case-<hash of grid, images and base model>``.
 
-    The same images with the same base model find the same folder again (the
-    corrections and versions come back); other images, even on an identical
-    grid, or another model get their own.
+    ``images`` is the :func:`~napari_metseg.case.fingerprint` of every image
+    assigned to a sequence, switched on or not, so switching one off keeps the
+    workspace. The same images with the same base model find the same folder
+    again (the corrections and versions come back); other images, even on an
+    identical grid, or another model get their own.
     """
     base = default_model_path() if base_model is None else Path(base_model).resolve()
     identity = {
-        "images": case.fingerprint(),
-        "shape": [int(s) for s in case.geometry.shape],
-        "affine": np.round(np.asarray(case.geometry.affine, dtype=np.float64), 4).tolist(),
+        "images": images,
+        "shape": [int(s) for s in geometry.shape],
+        "affine": np.round(np.asarray(geometry.affine, dtype=np.float64), 4).tolist(),
         "base_model": str(base),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

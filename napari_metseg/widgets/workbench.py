@@ -30,7 +30,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
-from napari_metseg.case import Case, Geometry
+from napari_metseg.case import Case, Geometry, fingerprint
 from napari_metseg.errors import Cancelled, MetsegError
 from napari_metseg.importance import sequence_importance
 from napari_metseg.lesions import lesion_table
@@ -132,7 +132,11 @@ class Workbench(QWidget):
             show_error(str(error))
             return None
         present = self.case_panel.present()
-        self.correction.open_case(case, self.segment_panel.model_path())
+        assigned = {
+            name: layer.data[0] if layer.multiscale else layer.data
+            for name, layer in self.case_panel.assigned().items()
+        }
+        self.correction.open_case(case, fingerprint(assigned), self.segment_panel.model_path())
         key = self._model_key()
         return self._start(
             "segmentation",

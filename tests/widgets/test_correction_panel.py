@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_metseg.case import fingerprint
 from napari_metseg.correction import Workspace
 from napari_metseg.correction.workspace import file_digest
 from napari_metseg.model import load_model
@@ -105,23 +106,37 @@ def test_changes_layer_rings_new_lesions_green_and_removed_ones_red(tiny_case):
     np.testing.assert_allclose(kwargs["affine"], tiny_case.geometry.napari_affine)
 
 
-def test_workspace_folder_follows_the_images_grid_and_base_model(
+def test_workspace_folder_follows_the_grid_images_and_base_model(
     tmp_path, tiny_case, tiny_model_path
 ):
-    folder = workspace_folder(tmp_path, tiny_case, tiny_model_path)
-    assert folder == workspace_folder(tmp_path, tiny_case, tiny_model_path)
+    geometry, images = tiny_case.geometry, fingerprint(tiny_case.images)
+    folder = workspace_folder(tmp_path, geometry, images, tiny_model_path)
+    assert folder == workspace_folder(tmp_path, geometry, images, tiny_model_path)
     assert folder.parent == tmp_path and folder.name.startswith("case-")
-    assert folder != workspace_folder(tmp_path, tiny_case, None)
-    shifted = tiny_case.geometry.affine.copy()
+    assert folder != workspace_folder(tmp_path, geometry, images, None)
+    shifted = geometry.affine.copy()
     shifted[0, 3] += 10.0
-    moved = dataclasses.replace(
-        tiny_case, geometry=dataclasses.replace(tiny_case.geometry, affine=shifted)
-    )
-    assert folder != workspace_folder(tmp_path, moved, tiny_model_path)
+    moved = dataclasses.replace(geometry, affine=shifted)
+    assert folder != workspace_folder(tmp_path, moved, images, tiny_model_path)
     # another patient on the very same grid must not see this one's strokes
-    images = {name: image[::-1].copy() for name, image in tiny_case.images.items()}
-    other = dataclasses.replace(tiny_case, images=images)
-    assert folder != workspace_folder(tmp_path, other, tiny_model_path)
+    other = fingerprint({name: image[::-1] for name, image in tiny_case.images.items()})
+    assert folder != workspace_folder(tmp_path, geometry, other, tiny_model_path)
+
+
+def test_switching_a_sequence_off_keeps_the_workspace_and_strokes(
+    qtbot, viewer_with_case, tiny_model_path
+):
+    widget = _segmented(qtbot, viewer_with_case, tiny_model_path)
+    _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
+    qtbot.waitUntil(lambda: _saved(widget), timeout=TIMEOUT_MS)
+    folder = widget.correction.folder
+    widget.case_panel.set_present("flair", False)
+    qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    assert widget.case_panel.present() == ("bravo", "cube_pre", "cube_post")
+    assert widget.correction.folder == folder and widget.correction.workspace is not None
+    restored = np.asarray(viewer_with_case.layers[CORRECTIONS_LAYER].data)
+    np.testing.assert_array_equal(restored, _strokes(restored.shape))
 
 
 def test_segmenting_adds_the_corrections_layer_on_the_reference_grid(
@@ -233,7 +248,10 @@ def test_undoing_a_stroke_is_saved_too(qtbot, viewer_with_case, tiny_model_path)
     qtbot.waitUntil(lambda: _saved(widget), timeout=TIMEOUT_MS)
     folder = widget.correction.workspace.folder
     assert Workspace(folder).corrections[5, 1, 1] == 1
-    viewer_with_case.dims.set_current_step(0, 3)  # a redraw alone saves nothing new
+    written = (folder / "corrections.npz").stat().st_mtime_ns
+    viewer_with_case.dims.set_current_step(0, 3)  # a redraw alone writes nothing
+    qtbot.wait(800)  # longer than the autosave delay
+    assert (folder / "corrections.npz").stat().st_mtime_ns == written
     layer.undo()  # Ctrl+Z
     qtbot.waitUntil(lambda: Workspace(folder).corrections[5, 1, 1] == 0, timeout=TIMEOUT_MS)
     layer.redo()
@@ -247,7 +265,10 @@ def test_corrections_autosave_and_come_back_in_a_new_workbench(
     _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
     qtbot.waitUntil(lambda: _saved(first), timeout=TIMEOUT_MS)
     folder = first.correction.workspace.folder
-    assert folder == workspace_folder(first.correction.root, tiny_case, tiny_model_path)
+    images = fingerprint(tiny_case.images)
+    assert folder == workspace_folder(
+        first.correction.root, tiny_case.geometry, images, tiny_model_path
+    )
     np.testing.assert_array_equal(Workspace(folder).corrections, _strokes(tiny_case.shape))
 
     _paint(viewer_with_case.layers[CORRECTIONS_LAYER], 1, 5, (1, 2), (1, 2))
