@@ -195,49 +195,35 @@ def _finished(config: TrainConfig) -> bool:
     return (out / "summary.json").exists() and stored == config
 
 
-def _worker_setup(threads: int, label: str) -> None:
-    """In a pool worker: ``threads`` CPU threads, log lines labelled with the run it serves."""
+def _in_worker(task: Any, label: str, threads: int, *args: Any) -> Any:
+    """``task(*args)`` in a pool worker: ``threads`` CPU threads, log lines labelled."""
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{label}] %(message)s", force=True)
+    return task(*args)
 
 
-def _train_one(config_json: dict[str, Any], threads: int) -> str:
-    """Train in a worker process (``threads`` CPU threads); returns the run folder."""
-    from napari_metseg.training.loop import train
-
-    _worker_setup(threads, Path(config_json["out_dir"]).name)
-    train(TrainConfig.from_json(config_json))
-    return config_json["out_dir"]
-
-
-def _score_one(
-    settings: Settings, runs_dir: Path, run: Run, settings_off: list[tuple[str, ...]], threads: int
-) -> dict[str, dict[str, float]]:
-    """:func:`score` in a worker process (``threads`` CPU threads)."""
-    _worker_setup(threads, run.name)
-    return score(settings, runs_dir, run, settings_off)
+def run_all(task: Any, calls: list[tuple[str, tuple]], jobs: int) -> list[Any]:
+    """``task(*args)`` for each ``(label, args)`` of ``calls``, in order: in this process
+    when ``jobs`` is 1, else ``jobs`` spawned processes sharing the CPU threads."""
+    if jobs == 1:
+        return [task(*args) for _, args in calls]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logger.info("%d tasks, %d at a time, %d threads each", len(calls), jobs, threads)
+    with ProcessPoolExecutor(min(jobs, len(calls)), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_in_worker, task, label, threads, *args) for label, args in calls]
+        return [future.result() for future in futures]
 
 
 def train_all(configs: list[TrainConfig], jobs: int) -> None:
-    """Train the unfinished ``configs``, ``jobs`` at a time, sharing the CPU threads."""
-    todo = [config for config in configs if not _finished(config)]
-    if not todo:
-        return
-    if jobs == 1:
-        from napari_metseg.training.loop import train
+    """Train the unfinished ``configs``, ``jobs`` at a time."""
+    from napari_metseg.training.loop import train
 
-        logger.info("training %d networks in this process", len(todo))
-        for config in todo:
-            train(config)
-        return
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    logger.info("training %d networks, %d at a time, %d threads each", len(todo), jobs, threads)
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_train_one, config.to_json(), threads) for config in todo]
-        for future in futures:
-            logger.info("finished %s", future.result())
+    todo = [config for config in configs if not _finished(config)]
+    if todo:
+        logger.info("training %d networks", len(todo))
+        run_all(train, [(Path(config.out_dir).name, (config,)) for config in todo], jobs)
 
 
 def prepare_phantoms(settings: Settings, runs_dir: Path, workers: int) -> None:
@@ -310,14 +296,8 @@ def collect(
         "no_dropout": [(), ("bravo",)],
         "without_bravo": [()],
     }
-    arguments = [(settings, runs_dir, run, plan.get(run.name, [()])) for run in RUNS]
-    if jobs == 1:
-        scores = [score(*args) for args in arguments]
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(min(jobs, len(RUNS)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_score_one, *args, threads) for args in arguments]
-            scores = [future.result() for future in futures]
+    calls = [(run.name, (settings, runs_dir, run, plan.get(run.name, [()]))) for run in RUNS]
+    scores = run_all(score, calls, jobs)
     return {run.name: result for run, result in zip(RUNS, scores, strict=True)}
 
 

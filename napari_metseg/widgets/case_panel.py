@@ -101,18 +101,6 @@ class CasePanel(QGroupBox):
     def layer_for(self, sequence: str) -> Image | None:
         return self._combos[sequence].currentData()
 
-    def present(self) -> tuple[str, ...]:
-        """Sequences both checked and assigned, in model order."""
-        return tuple(
-            sequence
-            for sequence in self._combos
-            if self._checks[sequence].isChecked() and self.layer_for(sequence) is not None
-        )
-
-    def assignment(self) -> dict[str, Image]:
-        """The layer of each present sequence, in model order."""
-        return {sequence: self.layer_for(sequence) for sequence in self.present()}
-
     def assigned(self) -> dict[str, Image]:
         """The layer of each assigned sequence, switched on or off, in model order."""
         return {
@@ -120,6 +108,18 @@ class CasePanel(QGroupBox):
             for sequence in self._combos
             if (layer := self.layer_for(sequence)) is not None
         }
+
+    def assignment(self) -> dict[str, Image]:
+        """The layer of each present (assigned and checked) sequence, in model order."""
+        return {
+            sequence: layer
+            for sequence, layer in self.assigned().items()
+            if self._checks[sequence].isChecked()
+        }
+
+    def present(self) -> tuple[str, ...]:
+        """Sequences both checked and assigned, in model order."""
+        return tuple(self.assignment())
 
     def _image_layers(self) -> list[Image]:
         return [layer for layer in self._viewer.layers if _is_image(layer)]

@@ -114,7 +114,7 @@ class CorrectionLoop(QObject):
         self.changes: LesionChanges | None = None
         self._geometry: Geometry | None = None
         self._base_model: Path | None = None
-        self._images = ""
+        self._images_digest = ""
         self._case_name = "case"
         self._layer_folder: Path | None = None
         self._predictions: OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = OrderedDict()
@@ -133,15 +133,15 @@ class CorrectionLoop(QObject):
         self.panel.layer_requested.connect(self.show_corrections)
         self.panel.root_requested.connect(self._ask_root)
 
-    def open_case(self, case: Case, images: str, base_model: Path | None) -> None:
+    def open_case(self, case: Case, images_digest: str, base_model: Path | None) -> None:
         """Find the workspace of ``case`` under the root (opened if it exists, else made
-        when the first stroke is saved); ``images``: the fingerprint of every assigned
+        when the first stroke is saved); ``images_digest``: the fingerprint of every assigned
         image (see :func:`workspace_folder`)."""
-        folder = workspace_folder(self.root, case.geometry, images, base_model)
+        folder = workspace_folder(self.root, case.geometry, images_digest, base_model)
         if folder == self.folder:
             return
         self.save()
-        self.folder, self.workspace, self._images = folder, None, images
+        self.folder, self.workspace, self._images_digest = folder, None, images_digest
         self._geometry, self._base_model = case.geometry, base_model
         self._case_name = Path(next(iter(case.sources.values()), "") or case.name).name
         self._predictions.clear()
@@ -266,7 +266,7 @@ class CorrectionLoop(QObject):
         workbench = self.workbench
         if workbench.case is not None:
             self.folder = None
-            self.open_case(workbench.case, self._images, self._base_model)
+            self.open_case(workbench.case, self._images_digest, self._base_model)
             self.show_corrections()
 
     def _switch(self, direction: str) -> Any:

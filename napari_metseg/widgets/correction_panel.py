@@ -2,8 +2,8 @@
 
 The panel only shows choices and state; :mod:`~napari_metseg.widgets.correction_loop`
 acts on its signals. A case's workspace is ``<root>/case-<hash>``, the hash of
-its grid (shape and affine) and base model, so the same images with the same
-model find their strokes and versions again; the root is :data:`WORKSPACES_ENV`
+its grid (shape and affine), its images and base model, so the same images with
+the same model find their strokes and versions again; the root is :data:`WORKSPACES_ENV`
 if set, else ``napari-metseg/workspaces`` in the user's data folder, and the
 panel can change it. :func:`lesion_changes` compares the lesion maps before and
 after a round by overlap; :func:`changes_layer` marks the differences.
@@ -57,11 +57,11 @@ def default_workspace_root() -> Path:
 
 
 def workspace_folder(
-    root: str | os.PathLike, geometry: Geometry, images: str, base_model: Path | None
+    root: str | os.PathLike, geometry: Geometry, images_digest: str, base_model: Path | None
 ) -> Path:
     """The workspace folder of a case: ``root/case-<hash of grid, images and base model>``.
 
-    ``images`` is the :func:`~napari_metseg.case.fingerprint` of every image
+    ``images_digest`` is the :func:`~napari_metseg.case.fingerprint` of every image
     assigned to a sequence, switched on or not, so switching one off keeps the
     workspace. The same images with the same base model find the same folder
     again (the corrections and versions come back); other images, even on an
@@ -69,7 +69,7 @@ def workspace_folder(
     """
     base = default_model_path() if base_model is None else Path(base_model).resolve()
     identity = {
-        "images": images,
+        "images": images_digest,
         "shape": [int(s) for s in geometry.shape],
         "affine": np.round(np.asarray(geometry.affine, dtype=np.float64), 4).tolist(),
         "base_model": str(base),

@@ -132,11 +132,11 @@ class Workbench(QWidget):
             show_error(str(error))
             return None
         present = self.case_panel.present()
-        assigned = {
-            name: layer.data[0] if layer.multiscale else layer.data
-            for name, layer in self.case_panel.assigned().items()
-        }
-        self.correction.open_case(case, fingerprint(assigned), self.segment_panel.model_path())
+        # every assigned image, switched on or off: switching one off keeps the workspace
+        images_digest = fingerprint(
+            {name: layer.data for name, layer in self.case_panel.assigned().items()}
+        )
+        self.correction.open_case(case, images_digest, self.segment_panel.model_path())
         key = self._model_key()
         return self._start(
             "segmentation",
