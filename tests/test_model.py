@@ -9,8 +9,10 @@ import torch
 
 from napari_metseg.errors import ModelFileError
 from napari_metseg.model import (
+    Features,
     ModelConfig,
     build_model,
+    default_model_path,
     load_model,
     read_model_config,
     save_model,
@@ -54,6 +56,67 @@ def test_variant_forward_backward_and_file_round_trip(integration, sharing, tmp_
         torch.testing.assert_close(loaded(x), model(x))
 
 
+@pytest.mark.parametrize("decoder", ["none", "plus"])
+@pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
+def test_forward_is_head_of_features(integration, sharing, decoder) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        sequences=PAIR, integration=integration, sharing=sharing, decoder=decoder, preprocess=SMALL
+    )
+    model = build_model(config).eval()
+    x = torch.randn(3, config.in_channels, 40, 48)
+    with torch.no_grad():
+        features = model.features(x)
+        torch.testing.assert_close(model.head(features), model(x), rtol=0, atol=0)
+        assert features.size == (40, 48)
+        assert (features.low is not None) == (decoder == "plus")
+        # what a fine-tuning cache does: chunks joined, draws stacked, a sub-batch picked
+        chunks = Features.cat([model.features(x[:2]), model.features(x[2:])])
+        stacked = Features.stack([chunks, features])
+        torch.testing.assert_close(
+            model.head(stacked[torch.tensor([1, 0]), torch.tensor([2, 0])]),
+            model(x)[torch.tensor([2, 0])],
+        )
+
+
+@pytest.mark.parametrize("decoder", ["none", "plus"])
+@pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
+def test_head_parameters_are_exactly_those_downstream_of_features(
+    integration, sharing, decoder
+) -> None:
+    config = ModelConfig(
+        sequences=PAIR, integration=integration, sharing=sharing, decoder=decoder, preprocess=SMALL
+    )
+    model = build_model(config).train()
+    x = torch.randn(2, config.in_channels, 32, 32)
+    features = model.features(x)
+    loss = model.head(Features(features.out.detach(), _detach(features.low), features.size))
+    loss.logsumexp(dim=1).mean().backward()
+    reached = {id(p) for p in model.parameters() if p.grad is not None}
+    assert reached == {id(p) for p in model.head_parameters()}
+    model.zero_grad(set_to_none=True)
+    features.out.sum().backward()
+    assert not reached & {id(p) for p in model.parameters() if p.grad is not None}
+
+
+def _detach(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach()
+
+
+def test_bundled_model_file_loads_under_its_old_tensor_names() -> None:
+    from safetensors.torch import load_file
+
+    stored = load_file(default_model_path() / "model.safetensors")
+    head = {name[len("head.") :]: t for name, t in stored.items() if name.startswith("head.")}
+    assert head, "the bundled file predates the rename; this test pins that it still loads"
+    model = load_model()
+    assert model.config.decoder == "none"
+    loaded = model.classifier.state_dict()
+    assert set(loaded) == set(head)
+    for name, tensor in head.items():
+        torch.testing.assert_close(loaded[name], tensor.to(loaded[name].dtype))
+
+
 def test_input_level_uses_torchvision_resnet50_with_20_channels() -> None:
     model = build_model(ModelConfig(backbone="resnet50"))
     assert model.backbone.conv1.in_channels == 20
@@ -75,7 +138,7 @@ def test_shared_branches_share_parameters_and_independent_do_not() -> None:
     shared(x).logsumexp(dim=1).mean().backward()
     assert shared.branches[0]["0"][0].weight.grad.abs().sum() > 0
     # The ASPP head reads the four sequences' features side by side.
-    assert shared.head[0].convs[0][0].in_channels == 4 * 960
+    assert shared.classifier[0].convs[0][0].in_channels == 4 * 960
 
 
 def test_output_stride_changes_resolution_not_parameters() -> None:
@@ -108,9 +171,9 @@ def test_single_file_form_in_half_precision(tmp_path) -> None:
     assert read_model_config(path) == model.config
     loaded = load_model(path)
     assert next(loaded.parameters()).dtype == torch.float32
-    reference = model.state_dict()["head.0.convs.0.0.weight"]
+    reference = model.state_dict()["classifier.0.convs.0.0.weight"]
     torch.testing.assert_close(
-        loaded.state_dict()["head.0.convs.0.0.weight"], reference.half().float()
+        loaded.state_dict()["classifier.0.convs.0.0.weight"], reference.half().float()
     )
 
 

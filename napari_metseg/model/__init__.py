@@ -17,9 +17,12 @@ from napari_metseg.model.files import (
     read_model_description,
     save_model,
 )
+from napari_metseg.model.heads import DECODERS, Features
 
 __all__ = [
     "BACKBONES",
+    "DECODERS",
+    "Features",
     "INTEGRATIONS",
     "LIGHT_BACKBONE",
     "OUTPUT_STRIDES",

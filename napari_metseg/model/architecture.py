@@ -2,7 +2,8 @@
 
 torchvision supplies the dilated backbones and the ASPP head; weights are never
 downloaded. The first convolution is rebuilt for ``slices_per_sequence``
-channels per sequence, and the integration level decides where sequences meet.
+channels per sequence, the integration level decides where sequences meet, and
+the decoder (:mod:`napari_metseg.model.heads`) whether stride-4 detail joins.
 The network outputs logits of shape ``(batch, num_classes, H, W)`` at input
 resolution for every variant (the end-level variant returns the log of the
 averaged probabilities, which softmax maps back to those probabilities).
@@ -10,18 +11,27 @@ averaged probabilities, which softmax maps back to those probabilities).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models.mobilenetv3 import InvertedResidual
 from torchvision.models.resnet import Bottleneck
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from napari_metseg.model.config import SUBTRACTION_PAIR, ModelConfig
+from napari_metseg.model.heads import Features, PlainHead, PlusHead
 
 #: Feature channels at the output of each backbone.
 _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
+#: The stride-4 layer of each backbone the DeepLabv3+ decoder reads, and its channels.
+_LOW_LEVEL = {"resnet50": ("layer1", 256), "mobilenet_v3_large": ("3", 24)}
+#: Width of the DeepLabv3+ decoder's refining convolutions per backbone.
+_DECODER_CHANNELS = {"resnet50": 256, "mobilenet_v3_large": 256}
+#: Top-level modules renamed since model files were first written: old state-dict
+#: prefix -> current (the ASPP head was ``head`` before ``head()`` became a method).
+_RENAMED = {"head.": "classifier."}
 #: Batch-norm momentum of every variant (PyTorch's default).
 BATCHNORM_MOMENTUM = 0.1
 #: First MobileNetV3-large block at output stride 16 (the 80-channel stage);
@@ -29,11 +39,12 @@ BATCHNORM_MOMENTUM = 0.1
 _MOBILENET_OS16_BLOCK = 7
 
 
-def _backbone(name: str, in_channels: int, output_stride: int) -> nn.Module:
+def _backbone(name: str, in_channels: int, output_stride: int, low_level: bool) -> nn.Module:
     """A dilated feature extractor returning ``{"out": features}``; random weights.
 
     Output stride 8 or 16 changes strides and dilations only, never the
-    parameters, so both read the same weights.
+    parameters, so both read the same weights. ``low_level`` adds the
+    stride-4 features as ``"low"`` (for the DeepLabv3+ decoder).
     """
     if name == "resnet50":
         backbone = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=2).backbone
@@ -47,6 +58,8 @@ def _backbone(name: str, in_channels: int, output_stride: int) -> nn.Module:
         )
         if output_stride == 8:
             _mobilenet_output_stride_8(backbone)
+    if low_level:
+        backbone.return_layers[_LOW_LEVEL[name][0]] = "low"
     _zero_init_residuals(backbone)
     return backbone
 
@@ -86,7 +99,13 @@ def _mobilenet_output_stride_8(backbone: nn.Module) -> None:
 
 
 class MetsegNet(nn.Module):
-    """The network a :class:`ModelConfig` describes; ``forward(x)`` gives logits.
+    """The network a :class:`ModelConfig` describes, in two parts.
+
+    ``forward(x)`` is ``head(features(x))``: :meth:`features` runs the
+    backbone(s) and joins the sequences as the integration level says;
+    :meth:`head` (the ASPP head or the DeepLabv3+ decoder, per branch at the
+    end level) turns that into logits at input resolution. Fine-tuning trains
+    :meth:`head_parameters` on cached features.
 
     ``x``: ``(batch, n_sequences * slices_per_sequence, H, W)``, sequence-major.
     ``metadata`` carries provenance (training, metrics, version) for model files.
@@ -98,30 +117,21 @@ class MetsegNet(nn.Module):
         self.metadata: dict = {}
         slices = config.slices_per_sequence
         n_sequences = len(config.sequences)
-        features = _FEATURES[config.backbone]
         n_branches = 1 if config.sharing == "shared" else n_sequences
-        stride = config.output_stride
         if config.integration == "input":
-            self.backbone = _backbone(config.backbone, config.in_channels, stride)
-            self.head = DeepLabHead(features, config.num_classes)
+            self.backbone = self._backbone(config.in_channels)
+            self.classifier = self._classifier(1)
         elif config.integration == "mid":
-            self.branches = nn.ModuleList(
-                _backbone(config.backbone, slices, stride) for _ in range(n_branches)
-            )
-            self.head = DeepLabHead(features * n_sequences, config.num_classes)
+            self.branches = nn.ModuleList(self._backbone(slices) for _ in range(n_branches))
+            self.classifier = self._classifier(n_sequences)
         elif config.integration == "end":
             self.branches = nn.ModuleList(
-                nn.ModuleDict(
-                    {
-                        "backbone": _backbone(config.backbone, slices, stride),
-                        "head": DeepLabHead(features, config.num_classes),
-                    }
-                )
+                nn.ModuleDict({"backbone": self._backbone(slices), "head": self._classifier(1)})
                 for _ in range(n_branches)
             )
         else:
-            self.backbone = _backbone(config.backbone, slices, stride)
-            self.head = DeepLabHead(features, config.num_classes)
+            self.backbone = self._backbone(slices)
+            self.classifier = self._classifier(1)
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 # torchvision's MobileNetV3 uses momentum 0.01: its running statistics
@@ -132,33 +142,76 @@ class MetsegNet(nn.Module):
             for branch in self.branches[1:]:
                 branch.load_state_dict(self.branches[0].state_dict())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _backbone(self, in_channels: int) -> nn.Module:
         config = self.config
-        size = x.shape[-2:]
-        chunks = x.split(config.slices_per_sequence, dim=1)
+        return _backbone(
+            config.backbone, in_channels, config.output_stride, config.decoder == "plus"
+        )
+
+    def _classifier(self, n_sequences: int) -> nn.Module:
+        """The head for features of ``n_sequences`` sequences side by side."""
+        config = self.config
+        features = _FEATURES[config.backbone] * n_sequences
+        if config.decoder == "none":
+            return PlainHead(features, config.num_classes)
+        return PlusHead(
+            features,
+            _LOW_LEVEL[config.backbone][1] * n_sequences,
+            config.num_classes,
+            _DECODER_CHANNELS[config.backbone],
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> Features:
+        """The backbone part: features of ``x`` joined as the integration level says.
+
+        Input, mid and subtraction levels give ``(B, C, h, w)`` maps (mid
+        concatenates the sequences' channels, subtraction takes ``cube_post``
+        minus ``cube_pre``); the end level stacks one map per sequence,
+        ``(B, n_sequences, C, h, w)``.
+        """
+        config = self.config
+        size = (x.shape[-2], x.shape[-1])
         if config.integration == "input":
-            logits = self.head(self.backbone(x)["out"])
-        elif config.integration == "mid":
-            features = [self._branch(i)(chunk)["out"] for i, chunk in enumerate(chunks)]
-            logits = self.head(torch.cat(features, dim=1))
-        elif config.integration == "end":
-            probabilities = [
-                F.softmax(
-                    F.interpolate(
-                        self._branch(i)["head"](self._branch(i)["backbone"](chunk)["out"]),
-                        size=size,
-                        mode="bilinear",
-                        align_corners=False,
-                    ),
-                    dim=1,
-                )
-                for i, chunk in enumerate(chunks)
-            ]
-            return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
+            maps = self.backbone(x)
+            return Features(maps["out"], maps.get("low"), size)
+        chunks = x.split(config.slices_per_sequence, dim=1)
+        if config.integration == "subtraction":
+            pre, post = (
+                self.backbone(chunks[config.sequences.index(name)]) for name in SUBTRACTION_PAIR
+            )
+            low = post["low"] - pre["low"] if "low" in post else None
+            return Features(post["out"] - pre["out"], low, size)
+        if config.integration == "mid":
+            maps = [self._branch(i)(chunk) for i, chunk in enumerate(chunks)]
+            join = partial(torch.cat, dim=1)
         else:
-            pre, post = (chunks[config.sequences.index(name)] for name in SUBTRACTION_PAIR)
-            logits = self.head(self.backbone(post)["out"] - self.backbone(pre)["out"])
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            maps = [self._branch(i)["backbone"](chunk) for i, chunk in enumerate(chunks)]
+            join = partial(torch.stack, dim=1)
+        low = join([m["low"] for m in maps]) if "low" in maps[0] else None
+        return Features(join([m["out"] for m in maps]), low, size)
+
+    def head(self, features: Features) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` at input resolution from :meth:`features`.
+
+        The end level averages the per-sequence probabilities and returns their log.
+        """
+        if self.config.integration != "end":
+            return _upsample(self.classifier(features.out, features.low), features.size)
+        probabilities = []
+        for i in range(features.out.shape[1]):
+            part = features[:, i]
+            logits = self._branch(i)["head"](part.out, part.low)
+            probabilities.append(F.softmax(_upsample(logits, features.size), dim=1))
+        return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters :meth:`head` uses: everything downstream of :meth:`features`."""
+        if self.config.integration == "end":
+            return [p for branch in self.branches for p in branch["head"].parameters()]
+        return list(self.classifier.parameters())
 
     def _branch(self, index: int) -> nn.Module:
         return self.branches[0 if len(self.branches) == 1 else index]
@@ -182,3 +235,18 @@ class MetsegNet(nn.Module):
 def build_model(config: ModelConfig) -> MetsegNet:
     """A randomly initialised network for ``config``."""
     return MetsegNet(config)
+
+
+def current_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the tensor names of older model files renamed to today's."""
+    renamed = {}
+    for name, tensor in state.items():
+        for old, new in _RENAMED.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
+        renamed[name] = tensor
+    return renamed
+
+
+def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from napari_metseg.case import SEQUENCES
+from napari_metseg.model.heads import DECODERS
 from napari_metseg.preprocess import PreprocessConfig
 
 #: Backbones: ResNet-50 as in the studies, and MobileNetV3-large, which runs a
@@ -40,7 +41,9 @@ class ModelConfig:
     to the branches of ``mid`` and ``end``. ``output_stride`` (``None``: the
     backbone's default: 8 for ResNet-50, 16 for MobileNetV3) trades the
     features' resolution against time: MobileNetV3 at 8 keeps smaller lesions
-    but takes about three times as long.
+    but takes about three times as long. ``decoder``: ``none`` (the method's
+    DeepLabv3 head, logits at the output stride) or ``plus`` (the DeepLabv3+
+    decoder, logits at stride 4); files written before the option load as ``none``.
     """
 
     sequences: tuple[str, ...] = SEQUENCES
@@ -49,6 +52,7 @@ class ModelConfig:
     sharing: str = "shared"
     num_classes: int = 2
     output_stride: int | None = None
+    decoder: str = "none"
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,8 @@ class ModelConfig:
             raise ValueError(
                 f"output_stride of {self.backbone} must be one of {strides}, got {self.output_stride!r}"
             )
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.integration not in INTEGRATIONS:
             raise ValueError(f"integration must be one of {INTEGRATIONS}, got {self.integration!r}")
         if self.sharing not in SHARINGS:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from napari_metseg import __version__
 from napari_metseg.errors import ModelFileError
-from napari_metseg.model.architecture import MetsegNet, build_model
+from napari_metseg.model.architecture import MetsegNet, build_model, current_state_names
 from napari_metseg.model.config import ModelConfig
 
 FORMAT = "napari-metseg-model/1"
@@ -131,7 +131,7 @@ def load_model(
     config = read_model_config(path)
     weights_file = path / WEIGHTS if path.is_dir() else path
     try:
-        tensors = load_file(weights_file)
+        tensors = current_state_names(load_file(weights_file))
     except (OSError, SafetensorError, ValueError) as error:
         raise ModelFileError(f"{weights_file}: corrupt weights: {error}") from error
     model = build_model(config)

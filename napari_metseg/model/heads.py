@@ -1,0 +1,112 @@
+"""What the backbones hand the head, and the two heads: DeepLabv3 and DeepLabv3+.
+
+:class:`Features` is the seam between the two parts of a :class:`MetsegNet`:
+``net.features(x)`` computes it and ``net.head(features)`` turns it into
+logits. Fine-tuning caches it (the backbone frozen) and trains the head alone,
+so it supports the three operations a cache needs: batch indexing,
+concatenation of chunks and stacking of draws.
+
+Both heads take ``(out, low)``: the plain DeepLabv3 head (the method's)
+ignores ``low``; the DeepLabv3+ decoder (Chen et al. 2018, "Encoder-Decoder
+with Atrous Separable Convolution") joins the upsampled ASPP output with the
+stride-4 backbone features reduced to 48 channels and refines the result with
+two 3x3 convolutions, so the logits come at stride 4 instead of 8 or 16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
+
+#: Decoders: ``none`` (the method's DeepLabv3) or ``plus`` (DeepLabv3+).
+DECODERS: tuple[str, ...] = ("none", "plus")
+#: Channels the stride-4 features are reduced to before joining (Chen et al. 2018).
+LOW_LEVEL_REDUCED = 48
+
+
+@dataclass(frozen=True)
+class Features:
+    """The backbone's output for a batch: the head's whole input.
+
+    ``out``: high-level features ``(B, C, h, w)``; the end integration level
+    keeps one map per sequence, ``(B, n_sequences, C, h, w)``. ``low``: the
+    stride-4 features in the same layout for the DeepLabv3+ decoder, ``None``
+    without it. ``size``: ``(H, W)`` of the input, to which the head upsamples.
+    """
+
+    out: torch.Tensor
+    low: torch.Tensor | None
+    size: tuple[int, int]
+
+    def __getitem__(self, index: Any) -> Features:
+        """The same features indexed along the leading dimensions (e.g. a sub-batch)."""
+        low = None if self.low is None else self.low[index]
+        return Features(self.out[index], low, self.size)
+
+    @staticmethod
+    def cat(parts: Sequence[Features]) -> Features:
+        """Chunks of one input joined along the batch dimension."""
+        return _join(parts, torch.cat)
+
+    @staticmethod
+    def stack(parts: Sequence[Features]) -> Features:
+        """Batches of equal size stacked along a new leading dimension."""
+        return _join(parts, torch.stack)
+
+
+def _join(parts: Sequence[Features], join) -> Features:
+    if not parts or len({part.size for part in parts}) != 1:
+        raise ValueError(f"need features of one input size, got {[p.size for p in parts]}")
+    lows = [part.low for part in parts]
+    low = None if lows[0] is None else join(lows)
+    return Features(join([part.out for part in parts]), low, parts[0].size)
+
+
+class PlainHead(DeepLabHead):
+    """torchvision's DeepLabv3 head (ASPP, 3x3 conv, classifier); ignores ``low``."""
+
+    def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(out)
+
+
+class PlusHead(nn.Module):
+    """The DeepLabv3+ decoder on ASPP; logits at the resolution of ``low`` (stride 4).
+
+    ``channels`` is the width of the two refining convolutions: 256 in the
+    paper (with ResNet / Xception); the light backbone uses fewer so that a
+    CPU still segments a case in seconds.
+    """
+
+    def __init__(
+        self, in_channels: int, low_channels: int, num_classes: int, channels: int = 256
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, (12, 24, 36))
+        self.reduce = _conv_bn_relu(low_channels, LOW_LEVEL_REDUCED, 1)
+        self.refine = nn.Sequential(
+            _conv_bn_relu(256 + LOW_LEVEL_REDUCED, channels, 3),
+            _conv_bn_relu(channels, channels, 3),
+        )
+        self.classify = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+        if low is None:
+            raise ValueError("the DeepLabv3+ decoder needs the stride-4 features (low)")
+        context = F.interpolate(
+            self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return self.classify(self.refine(torch.cat([context, self.reduce(low)], dim=1)))
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
