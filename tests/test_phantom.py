@@ -11,7 +11,14 @@ from scipy import ndimage
 from napari_metseg.case import SEQUENCES
 from napari_metseg.cli import main
 from napari_metseg.io import read_case
-from napari_metseg.phantom import PhantomConfig, generate_phantom, make_phantom, write_phantom
+from napari_metseg.phantom import (
+    PhantomConfig,
+    generate_phantom,
+    make_phantom,
+    randomised,
+    write_phantom,
+)
+from napari_metseg.phantom.acquisition import thick_slices
 from napari_metseg.phantom.anatomy import load_anatomy
 
 SPACING = 3.0  # tiny cases: 63 x 78 x 66 voxels
@@ -157,11 +164,46 @@ def test_background_outside_the_head_is_exactly_zero(phantom):
     assert not phantom.case.truth[~head].any()
 
 
+def test_default_settings_leave_earlier_phantoms_unchanged(phantom):
+    # the appearance knobs at their defaults draw nothing: same case as before they existed
+    again = generate_phantom(7, n_lesions=8, spacing=SPACING, config=_config(ring_from_mm=6.0))
+    np.testing.assert_array_equal(again.case.images["flair"], phantom.case.images["flair"])
+
+
+def test_randomised_settings_are_deterministic_and_cover_the_ranges():
+    draws = [randomised(seed) for seed in range(60)]
+    assert randomised(3) == draws[3]
+    spacings = [spacing for spacing, _ in draws]
+    assert 0.9 <= min(spacings) < 1.05 and 1.35 < max(spacings) <= 1.5
+    configs = [config for _, config in draws]
+    assert 10 < sum(c.flair_thickness_mm > 0 for c in configs) < 35
+    assert 15 < sum(c.ring_from_mm == 3.0 for c in configs) < 45
+    assert 15 < sum(c.enhancement_range[0] < 0.3 for c in configs) < 45
+    assert len({c.n_vessels for c in configs}) > 30 and len({c.noise for c in configs}) == 60
+
+
+def test_contrast_jitter_and_thick_flair_change_only_their_sequences(phantom):
+    jittered = generate_phantom(
+        7, n_lesions=8, spacing=SPACING, config=_config(contrast_jitter=0.2)
+    )
+    assert not np.allclose(jittered.case.images["cube_post"], phantom.case.images["cube_post"])
+    np.testing.assert_array_equal(jittered.case.truth, phantom.case.truth)
+    image = np.zeros((4, 4, 12), np.float32)
+    image[..., 6] = 1.0
+    thick = thick_slices(image, spacing=1.0, thickness_mm=3.0)
+    assert thick.shape == image.shape
+    # a thin bright plane spreads over a slab: a third as bright, as much in all
+    assert thick[0, 0].max() == pytest.approx(1 / 3) and thick[0, 0].sum() == pytest.approx(1.0)
+    assert thick_slices(image, spacing=1.0, thickness_mm=1.2) is image
+
+
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="diameter_range_mm"):
         PhantomConfig(diameter_range_mm=(5.0, 2.0))
     with pytest.raises(ValueError, match="noise"):
         PhantomConfig(noise=-0.1)
+    with pytest.raises(ValueError, match="enhancement_range"):
+        PhantomConfig(enhancement_range=(0.0, 0.5))
 
 
 def test_write_phantom_round_trips_through_read_case(tmp_path):

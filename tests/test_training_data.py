@@ -14,12 +14,13 @@ from napari_metseg.preprocess import PreprocessConfig
 from napari_metseg.training import datasets
 from napari_metseg.training.config import TrainConfig
 from napari_metseg.training.datasets import (
-    SliceSampler,
     TrainingCase,
+    load_case,
     load_split,
-    make_batch,
+    phantom_specs,
     prepare_cases,
 )
+from napari_metseg.training.sampling import SliceSampler, make_batch, size_factors
 
 
 def toy_case(n_slices: int, lesion_slices: list[int], size: int = 8) -> TrainingCase:
@@ -96,6 +97,34 @@ def test_sampler_oversamples_lesion_slices():
     picks = sampler.sample(np.random.default_rng(0), 29000)
     share = sum(pick == (0, 3) for pick in picks) / len(picks)
     assert share == pytest.approx(10 / 29, abs=0.01)
+
+
+def test_size_aware_sampler_favours_slices_of_small_lesions():
+    case = toy_case(12, [])
+    case.truth[1:4, 1:7, 1:7] = 1  # 3 x 6 x 6 voxels of 1 mm: about 6.6 mm across
+    case.truth[8, 3, 3] = 1  # one voxel: about 1.2 mm across, factor capped at 4
+    case.mask[:] = case.truth > 0
+    factors = size_factors(case)
+    small = np.cbrt(6 * 108 / np.pi)
+    assert factors[1:4] == pytest.approx(10.0 / small)
+    assert factors[8] == 4.0 and factors[[0, 5, 11]].tolist() == [1.0, 1.0, 1.0]
+    plain = SliceSampler([case], oversample=10.0)
+    aware = SliceSampler([case], oversample=10.0, size_aware=True)
+    # tissue slices keep weight 1, lesion slices get 10 times the size factor
+    assert aware.probabilities[8] / aware.probabilities[0] == pytest.approx(40.0)
+    assert plain.probabilities[8] / plain.probabilities[0] == pytest.approx(10.0)
+    assert aware.lesion.tolist() == plain.lesion.tolist()
+
+
+def test_randomised_phantom_specs_draw_their_own_spacing():
+    assert phantom_specs(5, 2, randomised=True) == ["phantom-random:5", "phantom-random:6"]
+    case = load_case("phantom-random:5", phantom_min_diameter=8.0)
+    from napari_metseg.phantom import randomised
+
+    spacing, _ = randomised(5)
+    assert case.geometry.spacing == pytest.approx((spacing,) * 3)
+    with pytest.raises(ReadError, match="integer"):
+        load_case("phantom-random:x")
 
 
 def test_sampler_skips_slices_without_tissue():

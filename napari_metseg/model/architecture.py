@@ -27,8 +27,6 @@ from napari_metseg.model.heads import Features, PlainHead, PlusHead
 _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
 #: The stride-4 layer of each backbone the DeepLabv3+ decoder reads, and its channels.
 _LOW_LEVEL = {"resnet50": ("layer1", 256), "mobilenet_v3_large": ("3", 24)}
-#: Width of the DeepLabv3+ decoder's refining convolutions per backbone.
-_DECODER_CHANNELS = {"resnet50": 256, "mobilenet_v3_large": 256}
 #: Top-level modules renamed since model files were first written: old state-dict
 #: prefix -> current (the ASPP head was ``head`` before ``head()`` became a method).
 _RENAMED = {"head.": "classifier."}
@@ -158,7 +156,6 @@ class MetsegNet(nn.Module):
             features,
             _LOW_LEVEL[config.backbone][1] * n_sequences,
             config.num_classes,
-            _DECODER_CHANNELS[config.backbone],
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,11 @@ Both heads take ``(out, low)``: the plain DeepLabv3 head (the method's)
 ignores ``low``; the DeepLabv3+ decoder (Chen et al. 2018, "Encoder-Decoder
 with Atrous Separable Convolution") joins the upsampled ASPP output with the
 stride-4 backbone features reduced to 48 channels and refines the result with
-two 3x3 convolutions, so the logits come at stride 4 instead of 8 or 16.
+two 3x3 convolutions, so the logits come at stride 4 instead of 8 or 16. The
+refining convolutions are depthwise separable, as in the paper's Xception
+model: at a quarter of the slice, two full 3x3 convolutions of 256 channels
+cost 2.5 times the light network's whole forward pass (10 of 5 GFLOP per
+256 x 256 slice); separable ones cost 1.2 GFLOP.
 """
 
 from __future__ import annotations
@@ -76,24 +80,14 @@ class PlainHead(DeepLabHead):
 
 
 class PlusHead(nn.Module):
-    """The DeepLabv3+ decoder on ASPP; logits at the resolution of ``low`` (stride 4).
+    """The DeepLabv3+ decoder on ASPP; logits at the resolution of ``low`` (stride 4)."""
 
-    ``channels`` is the width of the two refining convolutions: 256 in the
-    paper (with ResNet / Xception); the light backbone uses fewer so that a
-    CPU still segments a case in seconds.
-    """
-
-    def __init__(
-        self, in_channels: int, low_channels: int, num_classes: int, channels: int = 256
-    ) -> None:
+    def __init__(self, in_channels: int, low_channels: int, num_classes: int) -> None:
         super().__init__()
         self.aspp = ASPP(in_channels, (12, 24, 36))
         self.reduce = _conv_bn_relu(low_channels, LOW_LEVEL_REDUCED, 1)
-        self.refine = nn.Sequential(
-            _conv_bn_relu(256 + LOW_LEVEL_REDUCED, channels, 3),
-            _conv_bn_relu(channels, channels, 3),
-        )
-        self.classify = nn.Conv2d(channels, num_classes, 1)
+        self.refine = nn.Sequential(_separable(256 + LOW_LEVEL_REDUCED, 256), _separable(256, 256))
+        self.classify = nn.Conv2d(256, num_classes, 1)
 
     def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
         if low is None:
@@ -104,9 +98,26 @@ class PlusHead(nn.Module):
         return self.classify(self.refine(torch.cat([context, self.reduce(low)], dim=1)))
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+def _conv_bn_relu(
+    in_channels: int, out_channels: int, kernel_size: int, groups: int = 1
+) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(),
+    )
+
+
+def _separable(in_channels: int, out_channels: int) -> nn.Sequential:
+    """A 3x3 depthwise then 1x1 pointwise convolution, each with batch norm and ReLU."""
+    return nn.Sequential(
+        _conv_bn_relu(in_channels, in_channels, 3, groups=in_channels),
+        _conv_bn_relu(in_channels, out_channels, 1),
     )

@@ -16,6 +16,7 @@ from napari_metseg.phantom.generate import (
     write_phantom,
 )
 from napari_metseg.phantom.objects import Lesion
+from napari_metseg.phantom.randomise import randomised
 
 __all__ = [
     "CONTRASTS",
@@ -24,5 +25,6 @@ __all__ = [
     "PhantomConfig",
     "generate_phantom",
     "make_phantom",
+    "randomised",
     "write_phantom",
 ]

@@ -31,6 +31,7 @@ from scipy.spatial.transform import Rotation
 
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.io import write_volume
+from napari_metseg.phantom.acquisition import jitter_contrast, thick_slices
 from napari_metseg.phantom.anatomy import Anatomy, load_anatomy
 from napari_metseg.phantom.objects import (
     Lesion,
@@ -82,6 +83,13 @@ class PhantomConfig:
     ``noise`` (Rician sigma as a fraction of white matter on each sequence),
     ``bias`` (peak amplitude of the log bias field), ``max_shift_mm`` and
     ``max_rotation_deg`` (misregistration of the non-reference sequences).
+    Appearance: lesions enhance by a factor drawn from ``enhancement_range``
+    and are rings from ``ring_from_mm`` across (sometimes); ``contrast_jitter``
+    (log-normal sigma) moves each tissue's intensity per sequence and case;
+    ``flair_thickness_mm`` > 0 acquires ``flair`` in slices that thick (a
+    2D FLAIR's partial-volume blur). The defaults change nothing of the
+    generator's earlier cases; :mod:`napari_metseg.phantom.randomise` draws
+    these per case for training that transfers.
     """
 
     max_lesions: int = 30
@@ -92,12 +100,21 @@ class PhantomConfig:
     bias: float = 0.15
     max_shift_mm: float = 1.0
     max_rotation_deg: float = 1.0
+    enhancement_range: tuple[float, float] = (0.3, 0.7)
+    ring_from_mm: float = 6.0
+    contrast_jitter: float = 0.0
+    flair_thickness_mm: float = 0.0
 
     def __post_init__(self) -> None:
         low, high = self.diameter_range_mm
         if not 0.0 < low <= high:
             raise ValueError(
                 f"diameter_range_mm must be 0 < low <= high, got {self.diameter_range_mm}"
+            )
+        low, high = self.enhancement_range
+        if not 0.0 < low <= high:
+            raise ValueError(
+                f"enhancement_range must be 0 < low <= high, got {self.enhancement_range}"
             )
         if self.max_lesions < 1:
             raise ValueError(f"max_lesions must be at least 1, got {self.max_lesions}")
@@ -108,6 +125,9 @@ class PhantomConfig:
             "bias",
             "max_shift_mm",
             "max_rotation_deg",
+            "ring_from_mm",
+            "contrast_jitter",
+            "flair_thickness_mm",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -160,14 +180,26 @@ def generate_phantom(
         raise ValueError(f"n_lesions must lie in [1, {config.max_lesions}], got {n_lesions}")
     anatomy = load_anatomy(float(spacing))
     maps = empty_maps(anatomy.shape)
-    lesions = sample_lesions(rng, anatomy, n_lesions, config.diameter_range_mm)
+    lesions = sample_lesions(
+        rng,
+        anatomy,
+        n_lesions,
+        config.diameter_range_mm,
+        config.enhancement_range,
+        config.ring_from_mm,
+    )
     draw_lesions(maps, anatomy, lesions)
     n_vessels = draw_vessels(maps, anatomy, rng, config.n_vessels)
     mimics = draw_mimics(maps, anatomy, rng, int(rng.integers(0, config.max_mimics + 1)))
     geometry = Geometry.from_source(anatomy.shape, anatomy.affine)
     images = {}
     for index, sequence in enumerate(SEQUENCES):
-        clean = _contrast(anatomy, maps, CONTRASTS[sequence])
+        table = CONTRASTS[sequence]
+        if config.contrast_jitter > 0:
+            table = jitter_contrast(table, rng, config.contrast_jitter)
+        clean = _contrast(anatomy, maps, table)
+        if sequence == "flair" and config.flair_thickness_mm > 0:
+            clean = thick_slices(clean, anatomy.spacing, config.flair_thickness_mm)
         if index > 0:
             clean = _misregister(clean, anatomy.spacing, rng, config)
         noisy = _acquire(clean, rng, config, CONTRASTS[sequence]["wm"])

@@ -81,10 +81,15 @@ def sample_lesions(
     anatomy: Anatomy,
     n_lesions: int,
     diameter_range_mm: tuple[float, float],
+    enhancement_range: tuple[float, float] = (0.3, 0.7),
+    ring_from_mm: float = 6.0,
 ) -> list[Lesion]:
     """Draw ``n_lesions`` non-touching lesions inside the brain, largest first.
 
     Diameters are log-uniform skewed to small ones (about half under 5 mm).
+    ``enhancement_range``: the lesions' enhancement is drawn from it (low
+    values give subtle lesions); lesions become rings from ``ring_from_mm``
+    across, more often the larger they are.
     Centres favour the grey/white-matter junction, where metastases seed, and
     keep the whole lesion inside the brain.
     """
@@ -97,7 +102,7 @@ def sample_lesions(
     for diameter in np.sort(diameters)[::-1]:
         radius = float(diameter / 2.0)
         while True:
-            lesion = _lesion_shape(rng, radius)
+            lesion = _lesion_shape(rng, radius, enhancement_range, ring_from_mm)
             extent = radius * max(lesion.axes)
             centre = _free_centre(rng, anatomy, placed, extent, parenchyma, junction, depth)
             if centre is not None:
@@ -132,10 +137,15 @@ def _free_centre(
     return None
 
 
-def _lesion_shape(rng: np.random.Generator, radius: float) -> Lesion:
+def _lesion_shape(
+    rng: np.random.Generator,
+    radius: float,
+    enhancement_range: tuple[float, float],
+    ring_from_mm: float,
+) -> Lesion:
     """A lesion of mean radius ``radius`` mm (its centre is set once placed)."""
     diameter = 2.0 * radius
-    ring = rng.random() < np.clip((diameter - 6.0) / 14.0, 0.0, 0.8)
+    ring = rng.random() < np.clip((diameter - ring_from_mm) / 14.0, 0.0, 0.8)
     axes = rng.uniform(0.8, 1.2, size=3)
     axes /= np.cbrt(np.prod(axes))
     rim = float(min(rng.uniform(1.5, 3.0), 0.5 * radius)) if ring else 0.0
@@ -149,7 +159,7 @@ def _lesion_shape(rng: np.random.Generator, radius: float) -> Lesion:
         kind="ring" if ring else "solid",
         rim_mm=round(rim, 3),
         oedema_mm=round(float(oedema), 3),
-        enhancement=round(float(rng.uniform(0.3, 0.7)), 3),
+        enhancement=round(float(rng.uniform(*enhancement_range)), 3),
         axes=tuple(round(float(a), 4) for a in axes),
         rotation=tuple(float(q) for q in Rotation.random(rng=rng).as_quat()),
     )

@@ -35,21 +35,27 @@ class TrainConfig:
     lists), ``synthetic_train`` / ``synthetic_val`` phantom cases with seeds
     from ``synthetic_seed`` on (validation seeds follow the training ones) at
     ``phantom_spacing`` mm, with lesions at least ``phantom_min_diameter`` mm
-    across (None: the generator's default); ``mapping`` (file or ``role=pattern`` text for the
+    across (None: the generator's default); ``phantom_randomise``: each
+    phantom (training and validation) draws its voxel size, contrasts, noise,
+    bias, vessels, FLAIR thickness and lesion look from its seed
+    (:mod:`napari_metseg.phantom.randomise`; ``phantom_spacing`` then unused);
+    ``mapping`` (file or ``role=pattern`` text for the
     readers); ``cache_dir`` for pre-processed ``.npz`` files, prepared by
     ``workers`` processes at once.
 
     Input: ``sequences`` in channel order, slices resized to ``size`` pixels,
     ``context`` neighbours per side. Model: ``integration``, ``sharing``,
     ``backbone``, ``output_stride`` (None: the backbone's default; see
-    :class:`napari_metseg.model.ModelConfig`), and
+    :class:`napari_metseg.model.ModelConfig`), ``decoder`` (``none``: the
+    method's DeepLabv3; ``plus``: DeepLabv3+), and
     ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
     background labels); ``censor_rate`` / ``censor_mode`` applied to the
     training and validation truth; lesion slices ``oversample`` times as
-    likely; ``flip`` left-right augmentation; AdamW with ``lr`` and
+    likely, and with ``size_aware_sampling`` more so the smaller their
+    smallest lesion (:mod:`napari_metseg.training.sampling`); ``flip`` left-right augmentation; AdamW with ``lr`` and
     ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
     ``batch_size`` slices per process; validation every ``val_interval``
     iterations with only ``val_sequences`` present (empty: all); ``seed``;
@@ -66,6 +72,7 @@ class TrainConfig:
     synthetic_seed: int = 1000
     phantom_spacing: float = 2.0
     phantom_min_diameter: float | None = None
+    phantom_randomise: bool = False
     mapping: str | None = None
     cache_dir: str | None = None
     workers: int = 1
@@ -76,6 +83,7 @@ class TrainConfig:
     sharing: str = "shared"
     backbone: str = "resnet50"
     output_stride: int | None = None
+    decoder: str = "none"
     tied_weight: float = 1e-4
     sequence_dropout: bool = True
     dropout_rate: float = 0.25
@@ -85,6 +93,7 @@ class TrainConfig:
     censor_rate: float = 0.0
     censor_mode: str = "stochastic"
     oversample: float = 10.0
+    size_aware_sampling: bool = False
     flip: bool = True
     lr: float = 3e-4
     weight_decay: float = 1e-4

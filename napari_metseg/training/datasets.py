@@ -1,8 +1,10 @@
 """Training data: cases -> cached, pre-processed volumes -> 2.5D slice batches.
 
 A case is named by a *spec*: a path that :func:`napari_metseg.io.read_case`
-reads (any layout it supports), or ``phantom:SEED`` for a synthetic case made
-on the fly by :func:`napari_metseg.phantom.make_phantom`. Split files are JSON
+reads (any layout it supports), ``phantom:SEED`` for a synthetic case made
+on the fly by :func:`napari_metseg.phantom.make_phantom`, or
+``phantom-random:SEED`` for one whose voxel size, contrasts, noise and lesion
+look are drawn from the seed too (:mod:`napari_metseg.phantom.randomise`). Split files are JSON
 objects ``{"train": [...], "val": [...], "test": [...]}`` of specs; relative
 paths are relative to the split file.
 
@@ -12,9 +14,7 @@ and optionally in an ``.npz`` cache on disk, so no epoch re-runs CLAHE. Its
 truth is censored (:mod:`napari_metseg.training.censoring`) on the native grid
 and resized to the network's slice size.
 
-Batches are drawn with replacement from the slices that show tissue; slices
-with lesion voxels are ``oversample`` times as likely as the others (10x in
-the method).
+Training slices are drawn from these cases by :mod:`napari_metseg.training.sampling`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from napari_metseg.case import Case, Geometry
 from napari_metseg.errors import ReadError
-from napari_metseg.preprocess import PreprocessConfig, prepare_case, resize_slices, stack_25d
+from napari_metseg.preprocess import PreprocessConfig, prepare_case, resize_slices
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.training.censoring import CensorRecord, censor_lesions
 
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Prefix of a synthetic case spec: ``phantom:SEED``.
 PHANTOM_PREFIX = "phantom:"
+#: Prefix of a randomised synthetic case spec: ``phantom-random:SEED``.
+RANDOM_PHANTOM_PREFIX = "phantom-random:"
 #: Names a split file may hold.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Bump when the cached arrays change meaning, so stale cache files are not used.
@@ -101,14 +103,19 @@ def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def _absolute(spec: str, base: Path) -> str:
-    if spec.startswith(PHANTOM_PREFIX):
+    if _phantom_prefix(spec) is not None:
         return spec
     return str((base / spec).resolve()) if not Path(spec).is_absolute() else spec
 
 
-def phantom_specs(first_seed: int, count: int) -> list[str]:
+def _phantom_prefix(spec: str) -> str | None:
+    return next((p for p in (PHANTOM_PREFIX, RANDOM_PHANTOM_PREFIX) if spec.startswith(p)), None)
+
+
+def phantom_specs(first_seed: int, count: int, randomised: bool = False) -> list[str]:
     """Specs of ``count`` synthetic cases with consecutive seeds from ``first_seed``."""
-    return [f"{PHANTOM_PREFIX}{seed}" for seed in range(first_seed, first_seed + count)]
+    prefix = RANDOM_PHANTOM_PREFIX if randomised else PHANTOM_PREFIX
+    return [f"{prefix}{seed}" for seed in range(first_seed, first_seed + count)]
 
 
 def load_case(
@@ -117,17 +124,19 @@ def load_case(
     phantom_spacing: float = 2.0,
     phantom_min_diameter: float | None = None,
 ) -> Case:
-    """The case named by ``spec``: ``phantom:SEED`` or a path for ``read_case``.
+    """The case named by ``spec``: ``phantom:SEED``, ``phantom-random:SEED`` or a path.
 
     ``phantom_min_diameter`` (mm) raises the generator's smallest lesion
-    diameter (None: its default), for training sets with fewer sub-voxel lesions.
+    diameter (None: its default), for training sets with fewer sub-voxel
+    lesions. A randomised phantom draws its own spacing (``phantom_spacing``
+    is ignored).
     """
-    if spec.startswith(PHANTOM_PREFIX):
-        from napari_metseg.phantom import PhantomConfig, make_phantom
+    prefix = _phantom_prefix(spec)
+    if prefix is not None:
+        from napari_metseg.phantom import PhantomConfig, make_phantom, randomised
 
-        seed_text = spec[len(PHANTOM_PREFIX) :]
         try:
-            seed = int(seed_text)
+            seed = int(spec[len(prefix) :])
         except ValueError as error:
             raise ReadError(
                 f"bad synthetic case spec {spec!r}: the seed must be an integer"
@@ -136,6 +145,8 @@ def load_case(
         if phantom_min_diameter is not None:
             largest = max(config.diameter_range_mm[1], phantom_min_diameter)
             config = PhantomConfig(diameter_range_mm=(phantom_min_diameter, largest))
+        if prefix == RANDOM_PHANTOM_PREFIX:
+            phantom_spacing, config = randomised(seed, config)
         return make_phantom(seed, spacing=phantom_spacing, config=config)
     from napari_metseg.io import read_case
 
@@ -308,66 +319,3 @@ def prepare_cases(
             )
         )
     return cases, record
-
-
-class SliceSampler:
-    """Draws training slices: tissue slices, lesion slices ``oversample`` times as likely.
-
-    ``rng`` decides everything, so each distributed rank passes its own
-    (seeded with the run seed and its rank) and draws a different stream.
-    """
-
-    def __init__(self, cases: Sequence[TrainingCase], oversample: float = 10.0) -> None:
-        if oversample <= 0:
-            raise ValueError(f"oversample must be > 0, got {oversample}")
-        case_ids, slice_ids, lesion_flags = [], [], []
-        for case_id, case in enumerate(cases):
-            lesion = case.lesion_slices
-            usable = np.flatnonzero(case.tissue | lesion)
-            case_ids.append(np.full(usable.size, case_id))
-            slice_ids.append(usable)
-            lesion_flags.append(lesion[usable])
-        if not case_ids or sum(ids.size for ids in case_ids) == 0:
-            raise ReadError("no training slice: the training cases show no tissue")
-        self.case_ids = np.concatenate(case_ids)
-        self.slice_ids = np.concatenate(slice_ids)
-        self.lesion = np.concatenate(lesion_flags)
-        weights = np.where(self.lesion, float(oversample), 1.0)
-        self.probabilities = weights / weights.sum()
-
-    def __len__(self) -> int:
-        return int(self.case_ids.size)
-
-    def sample(self, rng: np.random.Generator, batch_size: int) -> list[tuple[int, int]]:
-        """``batch_size`` ``(case, slice)`` pairs drawn with replacement."""
-        chosen = rng.choice(self.case_ids.size, size=batch_size, p=self.probabilities)
-        return [(int(self.case_ids[i]), int(self.slice_ids[i])) for i in chosen]
-
-
-def make_batch(
-    cases: Sequence[TrainingCase],
-    picks: Sequence[tuple[int, int]],
-    context: int,
-    rng: np.random.Generator | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """2.5D inputs, targets and presence for ``(case, slice)`` picks.
-
-    Returns ``x`` ``(B, n_seq * (2 * context + 1), H, W)`` in the volumes'
-    dtype (float16 as prepared: half the bytes to copy and to send to a GPU,
-    which casts faster than the CPU), ``y`` bool ``(B, H, W)`` and
-    ``present`` bool ``(B, n_seq)``. With ``rng``, each sample is flipped
-    left-right with probability 1/2 (the head is roughly symmetric; a cheap
-    augmentation).
-    """
-    first = cases[picks[0][0]]
-    n_seq, _, height, width = first.volumes.shape
-    x = np.empty((len(picks), n_seq * (2 * context + 1), height, width), first.volumes.dtype)
-    y = np.empty((len(picks), height, width), dtype=bool)
-    present = np.empty((len(picks), n_seq), dtype=bool)
-    for index, (case_id, slice_id) in enumerate(picks):
-        case = cases[case_id]
-        stacked, mask = stack_25d(case.volumes, [slice_id], context)[0], case.mask[slice_id]
-        if rng is not None and rng.random() < 0.5:
-            stacked, mask = stacked[..., ::-1], mask[..., ::-1]
-        x[index], y[index], present[index] = stacked, mask, case.present
-    return x, y, present

@@ -51,10 +51,8 @@ from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.saliency import CumulativeSaliency
 from napari_metseg.training.config import TrainConfig
 from napari_metseg.training.datasets import (
-    SliceSampler,
     TrainingCase,
     load_split,
-    make_batch,
     phantom_specs,
     prepare_cases,
 )
@@ -70,6 +68,7 @@ from napari_metseg.training.distributed import (
     weights_digest,
 )
 from napari_metseg.training.evaluation import evaluate_network
+from napari_metseg.training.sampling import SliceSampler, make_batch
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +110,8 @@ def gather_specs(config: TrainConfig) -> tuple[list[str], list[str]]:
         train += split["train"]
         val += split["val"]
     first_val = config.synthetic_seed + config.synthetic_train
-    train += phantom_specs(config.synthetic_seed, config.synthetic_train)
-    val += phantom_specs(first_val, config.synthetic_val)
+    train += phantom_specs(config.synthetic_seed, config.synthetic_train, config.phantom_randomise)
+    val += phantom_specs(first_val, config.synthetic_val, config.phantom_randomise)
     if not train:
         raise ReadError("no training case: give train cases, a split file or synthetic_train > 0")
     overlap = sorted(set(train) & set(val))
@@ -129,6 +128,7 @@ def model_config(config: TrainConfig) -> ModelConfig:
         sharing=config.sharing,
         backbone=config.backbone,
         output_stride=config.output_stride,
+        decoder=config.decoder,
         preprocess=PreprocessConfig(size=config.size, context=config.context),
     )
 
@@ -266,7 +266,7 @@ def _train(
         (out / "censoring.json").write_text(
             json.dumps({"train": record.to_json(), "val": val_record.to_json()}, indent=1)
         )
-    sampler = SliceSampler(train_cases, config.oversample)
+    sampler = SliceSampler(train_cases, config.oversample, config.size_aware_sampling)
     logger.info(
         "%d training cases (%d slices, %d with lesions), %d validation cases",
         len(train_cases),
