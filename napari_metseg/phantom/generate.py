@@ -30,7 +30,6 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from napari_metseg.case import SEQUENCES, Case, Geometry
-from napari_metseg.io import write_volume
 from napari_metseg.phantom.acquisition import jitter_contrast, thick_slices
 from napari_metseg.phantom.anatomy import Anatomy, load_anatomy
 from napari_metseg.phantom.objects import (
@@ -313,6 +312,8 @@ def write_phantom(
     (uint8 truth) and ``<name>_lesions.json`` (seed, spacing, lesion centres in
     RAS mm, radii in mm, kinds). ``name`` defaults to ``phantom_<seed>``.
     """
+    from napari_metseg.io import write_volume  # SimpleITK: not needed to generate in memory
+
     phantom = generate_phantom(seed, n_lesions, spacing, config)
     name = name or phantom.case.name
     out = Path(out_dir)
