@@ -50,15 +50,23 @@ def main() -> None:
     config = settings(smoke, run)
     print("config:", config)
     cancel = threading.Event()
-    timer = threading.Timer(limit, cancel.set)
     begun = time.perf_counter()
+    # TOTAL caps the whole run (phantoms included), so slow preparation shortens training
+    # instead of running past the machine's command limit.
+    total = float(os.environ.get("TOTAL", "inf"))
+    timers: list[threading.Timer] = []
 
-    def progress(done: int, total: int, message: str) -> None:
-        if not timer.is_alive() and total == config.iterations and done >= 1:
-            print(f"training loop started after {time.perf_counter() - begun:.0f} s")
-            timer.start()
+    def progress(done: int, total_steps: int, message: str) -> None:
+        if not timers and total_steps == config.iterations and done >= 1:
+            elapsed = time.perf_counter() - begun
+            seconds = max(30.0, min(limit, total - elapsed))
+            print(f"training loop started after {elapsed:.0f} s; training for {seconds:.0f} s")
+            timers.append(threading.Timer(seconds, cancel.set))
+            timers[0].start()
         if done % 50 == 0:
-            print(f"iteration {done}/{total}: {message} ({time.perf_counter() - begun:.0f} s)")
+            print(
+                f"iteration {done}/{total_steps}: {message} ({time.perf_counter() - begun:.0f} s)"
+            )
 
     try:
         result = train(config, progress=progress, cancel=cancel)
@@ -69,7 +77,8 @@ def main() -> None:
     except Cancelled:
         print(f"time limit of {limit:.0f} s reached: stopped after the last checkpoint")
     finally:
-        timer.cancel()
+        for timer in timers:
+            timer.cancel()
 
 
 if __name__ == "__main__":
