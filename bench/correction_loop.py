@@ -1,24 +1,32 @@
-"""Simulated-annotator benchmark of the active-correction loop (issue #7).
+"""Annotator-realistic benchmark of the active-correction loop (issue #13).
 
-Usage: ``python -m bench.correction_loop [--rounds 3] [--cases 2] [--threads 1]``
-from the repository root; ``--model default --spacing 1.5`` starts from the
-bundled model instead of step 1, on phantoms like the sample case.
+Usage: ``python -m bench.correction_loop [--cases 4] [--profiles tiny,large,...]
+[--variants lopsided,weighted_ce,ignore] [--device cpu] [--threads 2]``.
 
-1. A deliberately weak model: a short CPU training run on phantoms whose masks
-   lost half their lesions (``censor_rate=0.5``), light backbone at
-   ``--size`` pixels; cached under ``--cache`` and reused.
-2. Held-out phantom cases (other seeds). Each round a simulated annotator
-   paints a short stroke (3 voxels through the centre, on the central slice)
-   inside ``--k`` missed lesions (largest first) and marks the largest false
-   positive (every voxel of the component) as not lesion; then one
-   fast-mode fine-tuning round runs and the case is segmented again.
-3. After each round: sensitivity on the lesions never painted (a lesion is
-   detected when the mask at probability 0.5 overlaps it), false-positive
-   components (26-connected, overlapping no lesion), seconds of the
-   fine-tuning round and of the re-segmentation. The lopsided bootstrap
-   (beta 0.1) is compared with plain class-weighted cross-entropy (beta 1) on
-   the same strokes; both start from the same model and see the same
-   annotator (whose choices depend on each variant's own predictions).
+Held-out phantoms (seeds from 9000, never used in training, 1.5 mm like the
+sample case) are segmented with the bundled model (``--model`` for another),
+then a simulated annotator corrects them the way people do, one profile at a
+time, each from the base model:
+
+- ``tiny``: a 3x3 brush dab (at most 9 voxels, one slice) at the centre of the
+  two smallest lesions the model missed (or, when it missed none, of the two
+  smallest lesions), the size of stroke one paints on a 1-voxel lesion;
+- ``large``: a 3x3 dab at the centre of the two largest lesions it missed or
+  found only partly (< half of the lesion at p >= 0.10);
+- ``reject``: only 'not lesion': every voxel of the largest false positive;
+- ``wrong_undo``: a 3x3 lesion dab on healthy white matter far from every
+  lesion, one round, then undo (the previous model and prediction come back);
+- ``five``: five rounds, one dab per round on the next missed lesion (smallest
+  first), strokes accumulating, each round from the base model with every
+  stroke so far (as the workspace does).
+
+After each round (p >= 0.10, 26-connected candidates): painted lesions found
+(a candidate overlaps the lesion), sensitivity on the lesions nobody painted,
+lesion volume outside the truth and false-positive components >= 10 mm^3, next
+to the base model's, the attempts the trust region needed, refusals, and the
+round's seconds (fine-tuning plus the whole-case prediction it returns).
+Variants: unmarked voxels anchored to the frozen teacher with the lopsided
+bootstrap (beta 0.1), with class-weighted CE (beta 1), or ignored.
 """
 
 from __future__ import annotations
@@ -27,196 +35,238 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from napari_metseg.correction import (
-    LESION,
-    FinetuneConfig,
-    empty_corrections,
-    finetune,
-    reject_lesion,
-)
-from napari_metseg.engine import predict_prepared
-from napari_metseg.lesions import label_components
-from napari_metseg.model import default_model_path, load_model
+from napari_metseg.case import Case
+from napari_metseg.correction import LESION, FinetuneConfig, empty_corrections, finetune
+from napari_metseg.engine import Segmenter
+from napari_metseg.errors import RunawayError
+from napari_metseg.lesions import CANDIDATE_THRESHOLD, label_components
+from napari_metseg.model import MetsegNet, load_model
 from napari_metseg.phantom import make_phantom
-from napari_metseg.preprocess import prepare_case, restore_slices
-from napari_metseg.training.config import TrainConfig
-from napari_metseg.training.loop import train
+from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices
 
-#: Loss variants compared: name -> beta of the unmarked voxels' term.
-VARIANTS = {"lopsided (beta 0.1)": 0.1, "weighted CE (beta 1)": 1.0}
-
-
-def weak_model(cache: Path, size: int, iterations: int, spacing: float) -> Path:
-    """Train (or reuse) the weak starting model; returns its folder."""
-    out = cache / f"weak_s{size}_i{iterations}_sp{spacing:g}"
-    if (out / "final" / "config.json").exists():
-        return out / "final"
-    config = TrainConfig(
-        synthetic_train=4,
-        synthetic_seed=100,
-        phantom_spacing=spacing,
-        size=size,
-        backbone="light",
-        loss="weighted_ce",
-        censor_rate=0.5,
-        iterations=iterations,
-        batch_size=8,
-        lr=1e-3,
-        val_interval=iterations,
-        log_interval=max(1, iterations // 5),
-        device="cpu",
-        amp=False,
-        cache_dir=str(cache / "cases"),
-        out_dir=str(out),
-    )
-    started = time.perf_counter()
-    train(config)
-    print(f"weak model: {iterations} iterations in {time.perf_counter() - started:.0f} s")
-    return out / "final"
+PROFILES = ("tiny", "large", "reject", "wrong_undo", "five")
+#: Variant -> how unmarked voxels count.
+VARIANTS = {
+    "lopsided": {"unmarked": "teacher", "beta": 0.1},
+    "weighted_ce": {"unmarked": "teacher", "beta": 1.0},
+    "ignore": {"unmarked": "ignore"},
+}
+#: False-positive components count from this volume (the multi-centre study's 10 mm^3).
+FP_MIN_MM3 = 10.0
 
 
-def evaluate(probability: np.ndarray, labels: np.ndarray, painted: set[int]) -> dict:
-    """Detection of the unpainted lesions and false-positive components at 0.5."""
-    predicted, count = label_components(probability >= 0.5)
-    hit = np.unique(labels[predicted > 0])
-    detected = set(hit[hit > 0].tolist())
-    unpainted = [lesion for lesion in range(1, labels.max() + 1) if lesion not in painted]
-    found = sum(lesion in detected for lesion in unpainted)
-    touching = np.unique(predicted[labels > 0])
-    false = [c for c in range(1, count + 1) if c not in set(touching.tolist())]
+@dataclass
+class Bench:
+    """One held-out case ready for rounds: truth components, base prediction, base scores."""
+
+    case: Case
+    prepared: PreparedCase
+    truth: np.ndarray
+    base: np.ndarray
+    base_score: dict
+
+
+def score(probability: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict:
+    """Detections, volume outside the truth and false-positive components of a prediction."""
+    candidates, count = label_components(probability >= CANDIDATE_THRESHOLD)
+    hit = np.unique(truth[candidates > 0])
+    touching = set(np.unique(candidates[truth > 0]).tolist())
+    sizes = np.bincount(candidates.ravel(), minlength=count + 1) * voxel_mm3
+    false = [c for c in range(1, count + 1) if c not in touching and sizes[c] >= FP_MIN_MM3]
+    covered = np.bincount(truth[candidates > 0], minlength=truth.max() + 1)
     return {
-        "sensitivity": found / len(unpainted) if unpainted else float("nan"),
-        "n_unpainted": len(unpainted),
+        "found": set(hit[hit > 0].tolist()),
+        "covered": covered,
+        "outside_mm3": float(np.count_nonzero((candidates > 0) & (truth == 0)) * voxel_mm3),
         "fp": len(false),
-        "detected": detected,
-        "predicted": predicted,
+        "candidates": candidates,
         "false": false,
     }
 
 
-def annotate(
-    corrections: np.ndarray, labels: np.ndarray, score: dict, painted: set[int], k: int
-) -> None:
-    """Paint short strokes in ``k`` missed lesions, reject the largest false positive."""
-    sizes = np.bincount(labels.ravel())
-    missed = [
-        lesion
-        for lesion in np.argsort(-sizes)
-        if lesion > 0 and sizes[lesion] and lesion not in score["detected"]
+def dab(corrections: np.ndarray, truth: np.ndarray, lesion: int, value: int = LESION) -> None:
+    """A 3x3 in-plane dab at the centre of mass of ``lesion`` (on its central slice)."""
+    z, r, c = np.round(np.argwhere(truth == lesion).mean(axis=0)).astype(int)
+    corrections[z, max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2] = value
+
+
+def healthy_dab(corrections: np.ndarray, bench: Bench, rng: np.random.Generator) -> None:
+    """A 3x3 lesion dab on tissue at least 20 voxels from any lesion and any candidate."""
+    brain = bench.prepared  # tissue slices are the ones worth painting on
+    busy = (bench.truth > 0) | (bench.base >= CANDIDATE_THRESHOLD)
+    middle = np.flatnonzero(brain.tissue)[len(np.flatnonzero(brain.tissue)) // 2]
+    image = bench.case.images[next(iter(bench.case.images))][middle]
+    candidates = np.argwhere(image > np.percentile(image, 70))
+    far = [
+        (r, c)
+        for r, c in candidates[rng.permutation(len(candidates))[:500]]
+        if not busy[
+            max(middle - 20, 0) : middle + 21, max(r - 20, 0) : r + 21, max(c - 20, 0) : c + 21
+        ].any()
     ]
-    missed = [lesion for lesion in missed if lesion not in painted][:k]
-    for lesion in missed:
-        voxels = np.argwhere(labels == lesion)
-        z, r, c = np.round(voxels.mean(axis=0)).astype(int)
-        for dc in (-1, 0, 1):
-            if labels[z, r, min(max(c + dc, 0), labels.shape[2] - 1)] == lesion:
-                corrections[z, r, c + dc] = LESION
-        if not np.any(corrections[labels == lesion] == LESION):
-            corrections[tuple(voxels[len(voxels) // 2])] = LESION
-        painted.add(int(lesion))
-    if score["false"]:
-        predicted = score["predicted"]
-        largest = max(score["false"], key=lambda c: int(np.count_nonzero(predicted == c)))
-        reject_lesion(corrections, predicted, largest)
+    r, c = far[0]
+    corrections[middle, r - 1 : r + 2, c - 1 : c + 2] = LESION
 
 
-def run_case(seed: int, model_path: Path, args: argparse.Namespace) -> list[dict]:
-    case = make_phantom(seed, n_lesions=args.lesions, spacing=args.spacing)
-    labels, _ = label_components(case.truth > 0)
-    base = load_model(model_path)
-    prepared = prepare_case(case, base.config.sequences, config=base.config.preprocess)
-    start = restore_slices(predict_prepared(prepared, base, "cpu"), prepared.native_shape)
+def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: str, args) -> dict:
+    """One fine-tuning round from ``model``; the probability it returns and how it went."""
+    config = FinetuneConfig(
+        mode=args.mode, device=args.device, iterations=args.iterations, **VARIANTS[variant]
+    )
+    started = time.perf_counter()
+    try:
+        result = finetune(
+            bench.case,
+            model,
+            corrections,
+            config,
+            prepared=bench.prepared,
+            reference=bench.base,
+        )
+    except RunawayError:
+        return {
+            "probability": bench.base,
+            "attempts": config.backoffs + 1,
+            "refused": 1,
+            "seconds": time.perf_counter() - started,
+        }
+    return {
+        "probability": result.probability,
+        "attempts": result.attempts,
+        "refused": 0,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def measure(bench: Bench, outcome: dict, painted: set[int]) -> dict:
+    voxel = bench.case.geometry.voxel_volume
+    now = score(outcome["probability"], bench.truth, voxel)
+    lesions = set(range(1, int(bench.truth.max()) + 1))
+    unpainted = lesions - painted
+    return {
+        "painted": len(painted),
+        "painted_found": len(painted & now["found"]),
+        "unpainted": len(unpainted),
+        "unpainted_found": len(unpainted & now["found"]),
+        "base_unpainted_found": len(unpainted & bench.base_score["found"]),
+        "outside_mm3": now["outside_mm3"],
+        "base_outside_mm3": bench.base_score["outside_mm3"],
+        "fp": now["fp"],
+        "base_fp": bench.base_score["fp"],
+        "attempts": outcome["attempts"],
+        "refused": outcome["refused"],
+        "seconds": outcome["seconds"],
+    }
+
+
+def profile_rounds(bench: Bench, model: MetsegNet, profile: str, variant: str, args) -> list[dict]:
+    """The rounds of one annotator profile on one case; a row per measured state."""
+    truth, found = bench.truth, bench.base_score["found"]
+    sizes = np.bincount(truth.ravel())
+    lesions = [int(lesion) for lesion in np.argsort(sizes) if lesion > 0 and sizes[lesion]]
+    missed = [lesion for lesion in lesions if lesion not in found]
+    corrections = empty_corrections(bench.case.shape)
+    painted: set[int] = set()
+    if profile in ("tiny", "large"):
+        if profile == "tiny":
+            chosen = (missed or lesions)[:2]
+        else:
+            partly = [
+                lesion
+                for lesion in lesions
+                if bench.base_score["covered"][lesion] < 0.5 * sizes[lesion]
+            ]
+            chosen = partly[::-1][:2] or lesions[::-1][:1]
+        for lesion in chosen:
+            dab(corrections, truth, lesion)
+            painted.add(lesion)
+        return [measure(bench, run_round(bench, model, corrections, variant, args), painted)]
+    if profile == "reject":
+        if not bench.base_score["false"]:
+            return []
+        candidates = bench.base_score["candidates"]
+        largest = max(bench.base_score["false"], key=lambda c: np.count_nonzero(candidates == c))
+        corrections[candidates == largest] = 2
+        return [measure(bench, run_round(bench, model, corrections, variant, args), painted)]
+    if profile == "wrong_undo":
+        healthy_dab(corrections, bench, np.random.default_rng(0))
+        wrong = measure(bench, run_round(bench, model, corrections, variant, args), painted)
+        undone = measure(
+            bench, {"probability": bench.base, "attempts": 0, "refused": 0, "seconds": 0.0}, painted
+        )
+        return [wrong, undone]
     rows = []
-    for variant, beta in VARIANTS.items():
-        model, probability = base, start
-        corrections = empty_corrections(case.shape)
-        painted: set[int] = set()
-        score = evaluate(probability, labels, painted)
-        rows.append(_row(seed, variant, 0, score, painted, 0.0, 0.0))
-        for round_index in range(1, args.rounds + 1):
-            annotate(corrections, labels, score, painted, args.k)
-            config = FinetuneConfig(
-                mode="fast",
-                beta=beta,
-                iterations=args.iterations,
-                lr=args.lr,
-                unmarked_weight=args.unmarked_weight,
-                device="cpu",
-                seed=round_index,
-            )
-            result = finetune(prepared, model, corrections, config)
-            model = result.model
-            started = time.perf_counter()
-            probability = restore_slices(
-                predict_prepared(prepared, model, "cpu"), prepared.native_shape
-            )
-            infer = time.perf_counter() - started
-            score = evaluate(probability, labels, painted)
-            rows.append(_row(seed, variant, round_index, score, painted, result.seconds, infer))
+    for lesion in (missed or lesions)[:5]:
+        dab(corrections, truth, lesion)
+        painted.add(lesion)
+        rows.append(
+            measure(bench, run_round(bench, model, corrections, variant, args), set(painted))
+        )
     return rows
 
 
-def _row(seed, variant, round_index, score, painted, seconds, infer) -> dict:
-    return {
-        "case": seed,
-        "variant": variant,
-        "round": round_index,
-        "painted": len(painted),
-        "unpainted": score["n_unpainted"],
-        "sensitivity": score["sensitivity"],
-        "fp": score["fp"],
-        "finetune_s": seconds,
-        "segment_s": infer,
-    }
+def prepare_bench(seed: int, model: MetsegNet, args) -> Bench:
+    case = make_phantom(seed, spacing=args.spacing)
+    prepared = prepare_case(case, model.config.sequences, config=model.config.preprocess)
+    stack, _ = Segmenter(model, args.device).predict_prepared(prepared)
+    base = restore_slices(stack, prepared.native_shape)
+    truth, _ = label_components(case.truth > 0)
+    return Bench(case, prepared, truth, base, score(base, truth, case.geometry.voxel_volume))
+
+
+def summarise(rows: list[dict]) -> str:
+    def total(key: str) -> int:
+        return sum(row[key] for row in rows)
+
+    painted = total("painted")
+    return (
+        f"{total('painted_found')}/{painted:<3} "
+        f"{total('unpainted_found'):>3}/{total('unpainted'):<3} (base {total('base_unpainted_found'):>3}) "
+        f"{total('outside_mm3') / 1000 / len(rows):>7.2f} (base {total('base_outside_mm3') / 1000 / len(rows):>5.2f}) "
+        f"{total('fp') / len(rows):>5.2f} (base {total('base_fp') / len(rows):>4.2f}) "
+        f"{total('attempts') / len(rows):>4.2f} {total('refused'):>3} "
+        f"{np.mean([row['seconds'] for row in rows]):>6.1f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cases", type=int, default=2)
-    parser.add_argument("--lesions", type=int, default=10, help="lesions per held-out case")
-    parser.add_argument("--k", type=int, default=2, help="missed lesions painted per round")
-    parser.add_argument("--iterations", type=int, default=30, help="steps per round")
-    parser.add_argument("--lr", type=float, default=None, help="fine-tuning rate (mode default)")
-    parser.add_argument("--unmarked-weight", type=float, default=FinetuneConfig.unmarked_weight)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--spacing", type=float, default=3.0, help="phantom spacing in mm")
-    parser.add_argument("--train-iterations", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cache", type=Path, default=Path("runs/bench_correction"))
-    parser.add_argument(
-        "--model", help="start from this model ('default': the bundled one), not a weak one"
-    )
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--profiles", default=",".join(PROFILES))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--model", default=None, help="model file (default: the bundled one)")
+    parser.add_argument("--mode", default="fast", choices=("fast", "full"))
+    parser.add_argument("--iterations", type=int, default=FinetuneConfig.iterations)
+    parser.add_argument("--spacing", type=float, default=1.5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {args.threads} thread(s)"
+        f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
+        f"mode {args.mode}"
     )
-    if args.model:
-        model_path = default_model_path() if args.model == "default" else Path(args.model)
-    else:
-        model_path = weak_model(args.cache, args.size, args.train_iterations, args.spacing)
-    rows = []
-    for seed in range(9000, 9000 + args.cases):
-        rows += run_case(seed, model_path, args)
-    header = f"{'variant':22} {'round':>5} {'painted':>7} {'sens(unpainted)':>15} {'FP':>5} {'round s':>8} {'segment s':>9}"
-    print(header)
-    for variant in VARIANTS:
-        for round_index in range(args.rounds + 1):
-            chosen = [r for r in rows if r["variant"] == variant and r["round"] == round_index]
-            print(
-                f"{variant:22} {round_index:>5} {sum(r['painted'] for r in chosen):>7} "
-                f"{np.nanmean([r['sensitivity'] for r in chosen]):>15.3f} "
-                f"{np.mean([r['fp'] for r in chosen]):>5.1f} "
-                f"{np.mean([r['finetune_s'] for r in chosen]):>8.2f} "
-                f"{np.mean([r['segment_s'] for r in chosen]):>9.2f}"
-            )
+    model = load_model(args.model)
+    benches = [prepare_bench(seed, model, args) for seed in range(9000, 9000 + args.cases)]
+    print(
+        "columns: painted found | unpainted found (base) | cm^3 outside truth per state (base) | "
+        "FP >= 10 mm^3 per state (base) | attempts | refused | seconds per round"
+    )
+    for profile in args.profiles.split(","):
+        for variant in args.variants.split(","):
+            per_round: dict[int, list[dict]] = {}
+            for bench in benches:
+                for index, row in enumerate(profile_rounds(bench, model, profile, variant, args)):
+                    per_round.setdefault(index, []).append(row)
+            for index, rows in sorted(per_round.items()):
+                label = "undo" if profile == "wrong_undo" and index == 1 else f"round {index + 1}"
+                print(f"{profile:10} {variant:11} {label:8} {summarise(rows)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,15 @@ class DeviceError(MetsegError, ValueError):
 
 class Cancelled(MetsegError):
     """Long work stopped because the user asked for it (not a failure)."""
+
+
+class CorrectionError(MetsegError):
+    """Corrections that cannot drive fine-tuning (nothing marked), or a round refused."""
+
+
+class RunawayError(CorrectionError):
+    """A fine-tuning round would change the prediction far from the strokes beyond the bound.
+
+    The model is left as it was; the message says how much lesion the round
+    would have added and how to continue.
+    """

@@ -28,6 +28,9 @@ from napari_metseg.errors import GeometryError
 
 logger = logging.getLogger(__name__)
 
+#: Probability from which a voxel belongs to a lesion candidate (METHOD.md).
+CANDIDATE_THRESHOLD = 0.10
+
 #: Neighbourhood size -> rank passed to ``ndimage.generate_binary_structure``.
 CONNECTIVITY_RANK: dict[int, int] = {6: 1, 18: 2, 26: 3}
 

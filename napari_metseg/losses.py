@@ -142,6 +142,8 @@ def lopsided_bootstrap(
     alpha: float = 3.0,
     beta: float = 0.1,
     ignore: torch.Tensor | None = None,
+    anchor: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Lopsided bootstrap: weighted CE on lesion voxels, bootstrap on background voxels.
 
@@ -149,13 +151,35 @@ def lopsided_bootstrap(
     ``beta * CE(Y, P) + (1 - beta) * CE(argmax P, P)``, the argmax a constant.
     ``beta = 1`` is exactly :func:`weighted_ce`. The study's best setting was
     ``(alpha, beta) = (3, 0.1)``.
+
+    ``anchor`` (lesion probability of a frozen teacher, float shaped like
+    ``target``) replaces the moving ``argmax P`` by the teacher's soft
+    prediction: ``(1 - beta) * CE(anchor, P)``. Fine-tuning on a handful of
+    voxels needs it: there the moving argmax is a positive feedback loop
+    (whatever the network starts to call lesion, the loss then asks for),
+    which the bootstrap paper warns about and which made one 9-voxel stroke
+    mark a whole brain. ``reduction="none"`` returns the per-voxel loss
+    (ignored voxels 0) for callers that weight voxels themselves.
     """
     alpha = _check_alpha(alpha)
     beta = _check_beta(beta)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     log_p, target = _check(logits, target, ignore)
     given = _ce(log_p, target)
-    negative = beta * given + (1.0 - beta) * _self_ce(log_p)
+    if anchor is None:
+        follow = _self_ce(log_p)
+    else:
+        if tuple(anchor.shape) != tuple(target.shape):
+            raise ValueError(
+                f"anchor shape {tuple(anchor.shape)} does not match target {tuple(target.shape)}"
+            )
+        q = anchor.detach().to(log_p.dtype)
+        follow = -(q * log_p[:, 1] + (1.0 - q) * log_p[:, 0])
+    negative = beta * given + (1.0 - beta) * follow
     per_voxel = torch.where(target == 1, alpha * given, negative)
+    if reduction == "none":
+        return per_voxel if ignore is None else per_voxel * ~ignore
     return _mean(per_voxel, ignore)
 
 

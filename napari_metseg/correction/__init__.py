@@ -1,27 +1,24 @@
-"""The active-correction loop: corrections -> samples (``samples``), fine-tuning
+"""The active-correction loop: corrections -> samples (``samples``), the round's
+objective (``objective``) and trust region (``trust``), fine-tuning
 (``finetune``), model versions with undo / redo and autosaved strokes
 (``workspace``). No Qt here: the GUI calls these with a progress callable and
 a cancel event.
 """
 
-from napari_metseg.correction.finetune import (
-    FinetuneConfig,
-    FinetuneResult,
-    correction_loss,
-    finetune,
-)
+from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
+from napari_metseg.correction.objective import correction_loss
 from napari_metseg.correction.samples import (
     LESION,
     NOT_LESION,
     UNMARKED,
-    CorrectionError,
     accept_lesion,
     empty_corrections,
     reject_lesion,
-    sample_targets,
     select_samples,
 )
+from napari_metseg.correction.trust import TrustRegion
 from napari_metseg.correction.workspace import Workspace, WorkspaceError
+from napari_metseg.errors import CorrectionError, RunawayError
 
 __all__ = [
     "LESION",
@@ -30,6 +27,8 @@ __all__ = [
     "CorrectionError",
     "FinetuneConfig",
     "FinetuneResult",
+    "RunawayError",
+    "TrustRegion",
     "Workspace",
     "WorkspaceError",
     "accept_lesion",
@@ -37,6 +36,5 @@ __all__ = [
     "empty_corrections",
     "finetune",
     "reject_lesion",
-    "sample_targets",
     "select_samples",
 ]

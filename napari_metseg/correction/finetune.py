@@ -1,27 +1,23 @@
-"""Fine-tuning a model on one case's corrections (the active-correction loop).
+"""One round of the active-correction loop: fine-tune on the strokes, check, predict.
 
 :func:`finetune` trains a copy of the model on the slices that carry
 corrections plus a few neighbouring and random slices
-(:mod:`napari_metseg.correction.samples`) and returns the new model; the
-caller re-runs inference with it. The loss has two parts:
-
-- marked voxels: class-weighted cross-entropy (``alpha`` on lesion marks),
-  averaged over the marked voxels alone, so a few strokes weigh as much as
-  the rest of the slices together;
-- unmarked voxels (``unmarked="bootstrap"``): the lopsided bootstrap
-  (``alpha``, ``beta``) against the model's own starting prediction, which
-  keeps what the model knew while tolerating lesions nobody marked; times
-  ``unmarked_weight``. With ``unmarked="ignore"`` they do not count.
+(:mod:`~napari_metseg.correction.samples`), with the stroke-plus-teacher
+objective of :mod:`~napari_metseg.correction.objective`. It then segments
+the whole case with the new model and holds the result against the trust
+region (:mod:`~napari_metseg.correction.trust`): a round that would add more
+lesion far from the strokes than the bound allows is retried from the input
+model with half the step size and half the steps, up to ``backoffs`` times,
+and refused with :class:`~napari_metseg.errors.RunawayError` after that. The
+returned probability is the one the caller shows: no second segmentation.
 
 Two modes:
 
-- ``fast`` (default on CPU): the backbone is frozen; its features for every
-  sample are computed once and cached and only the head (ASPP and
-  classifier) is trained. Sequence dropout stays on by caching
-  ``dropout_draws`` feature maps per slice: draw 0 with the case's own
-  sequences, the others under independent sequence-dropout draws
-  (:func:`napari_metseg.model.sequence_dropout`); each step picks one draw
-  per sample at random.
+- ``fast`` (default on CPU): the part of the network before the head is
+  frozen; its features for every sample are computed once and only the head
+  trains. Sequence dropout stays on by caching ``dropout_draws`` feature maps
+  per slice: draw 0 with the case's own sequences, the others under
+  independent sequence-dropout draws; each step picks one draw per sample.
 - ``full`` (default on GPU): all weights train, with a fresh sequence-dropout
   draw every step.
 
@@ -36,29 +32,28 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from napari_metseg.case import Case
+from napari_metseg.correction.objective import UNMARKED_MODES, correction_loss, lesion_margin
 from napari_metseg.correction.samples import (
     LESION,
     NOT_LESION,
-    UNMARKED_MODES,
+    CorrectionSamples,
     check_corrections,
-    sample_targets,
     select_samples,
 )
-from napari_metseg.engine import Presence, presence_flags, resolve_device
-from napari_metseg.losses import lopsided_bootstrap, weighted_ce
+from napari_metseg.correction.trust import Growth, TrustRegion, away_from_strokes, lesion_growth
+from napari_metseg.engine import Presence, Segmenter, presence_flags, resolve_device
+from napari_metseg.errors import GeometryError, RunawayError
+from napari_metseg.losses import weighted_ce
 from napari_metseg.model import MetsegNet, apply_presence, sequence_dropout
-from napari_metseg.model.config import SUBTRACTION_PAIR
-from napari_metseg.preprocess import PreparedCase, prepare_case, stack_25d
+from napari_metseg.model.heads import Features
+from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 
 logger = logging.getLogger(__name__)
@@ -66,36 +61,32 @@ logger = logging.getLogger(__name__)
 #: Fine-tuning modes; ``auto`` is ``full`` on CUDA and ``fast`` elsewhere.
 MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: Default learning rate per mode (AdamW).
-DEFAULT_LR = {"fast": 1e-3, "full": 1e-4}
-#: Slices per forward pass when caching features or scoring.
+DEFAULT_LR = {"fast": 1e-4, "full": 2e-5}
+#: Slices per forward pass when scoring samples.
 CHUNK = 8
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Settings of one fine-tuning round (module docstring for the loss and modes).
+    """Settings of one fine-tuning round (the objective's terms are in ``objective``).
 
-    ``iterations`` AdamW steps of ``batch_size`` samples at ``lr`` (None: 1e-3
-    fast, 1e-4 full); corrected slices are ``oversample`` times as likely as
-    the neighbouring (``neighbours`` per side) and ``random_slices`` others.
-    ``keep_threshold``: probability from which the starting model's
-    prediction on an unmarked voxel is a lesion target. ``unmarked_weight``:
-    weight of the unmarked voxels' term. At 3 rather than 1 it keeps a
-    first round from flooding the case with new candidates. In
-    ``bench/correction_loop.py`` (bundled model, 2 phantoms, 2 lesions painted
-    per round), false-positive components per case after round 1 fell from
-    29.5 to 9.5, and unpainted-lesion sensitivity after rounds 1/2/3 went
-    from 0.75/1.00/1.00 to 0.81/0.92/1.00. ``dropout_rate``:
-    sequence dropout probability; ``dropout_draws``: cached draws per slice
-    in fast mode.
+    ``iterations`` AdamW steps of ``batch_size`` samples at ``lr`` (None:
+    :data:`DEFAULT_LR` of the mode); corrected slices are ``oversample``
+    times as likely as the neighbouring (``neighbours`` per side) and
+    ``random_slices`` others. ``trust`` bounds what may change away from the
+    strokes; ``backoffs`` retries with half the steps and step size before a
+    round is refused. ``dropout_rate``: sequence dropout probability;
+    ``dropout_draws``: cached draws per slice in fast mode.
     """
 
     mode: str = "auto"
-    unmarked: str = "bootstrap"
+    unmarked: str = "teacher"
     alpha: float = 3.0
     beta: float = 0.1
     keep_threshold: float = 0.5
-    unmarked_weight: float = 3.0
+    stroke_weight: float = 100.0
+    stroke_share: float = 0.05
+    anchor_weight: float = 1.0
     iterations: int = 30
     batch_size: int = 4
     lr: float | None = None
@@ -105,6 +96,8 @@ class FinetuneConfig:
     oversample: float = 3.0
     dropout_rate: float = 0.25
     dropout_draws: int = 3
+    trust: TrustRegion = TrustRegion()
+    backoffs: int = 2
     device: str = "auto"
     seed: int = 0
 
@@ -120,37 +113,48 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
-        if self.oversample <= 0 or self.unmarked_weight < 0:
+        if self.oversample <= 0 or self.stroke_weight <= 0 or not 0 < self.stroke_share <= 1:
             raise ValueError(
-                f"oversample must be > 0 and unmarked_weight >= 0, got "
-                f"{self.oversample}, {self.unmarked_weight}"
+                "oversample and stroke_weight must be > 0 and stroke_share in (0, 1], got "
+                f"{self.oversample}, {self.stroke_weight}, {self.stroke_share}"
             )
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.backoffs < 0:
+            raise ValueError(f"backoffs must be >= 0, got {self.backoffs}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        data = dict(data)
+        if isinstance(data.get("trust"), dict):
+            data["trust"] = TrustRegion(**data["trust"])
         return cls(**data)
 
 
 @dataclass
 class FinetuneResult:
-    """A fine-tuned model and how the round went.
+    """A fine-tuned model, its prediction of the case and how the round went.
 
-    ``corrected_loss_before`` / ``_after``: class-weighted CE on the marked
-    voxels (all sequences present) before and after training. ``losses``: the
-    training loss of every step. ``seconds``: wall-clock time of the round.
+    ``probability``: float32 on the case grid, with the sequences the round
+    saw. ``corrected_loss_before`` / ``_after``: class-weighted CE on the
+    marked voxels (case's own sequences) before and after training.
+    ``losses``: the training loss of every step of the accepted attempt.
+    ``growth``: the trust-region reading; ``attempts``: tries it took.
     """
 
     model: MetsegNet
+    probability: np.ndarray
     config: FinetuneConfig
     mode: str
+    lr: float
     losses: list[float]
     corrected_loss_before: float
     corrected_loss_after: float
+    growth: Growth
+    attempts: int
     n_samples: int
     n_lesion_voxels: int
     n_not_lesion_voxels: int
@@ -158,12 +162,19 @@ class FinetuneResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
-        """JSON-ready summary (no model), for version records."""
+        """JSON-ready summary (no model, no volume), for version records."""
         return {
             "mode": self.mode,
+            "lr": self.lr,
+            "attempts": self.attempts,
             "corrected_loss_before": self.corrected_loss_before,
             "corrected_loss_after": self.corrected_loss_after,
             "final_loss": self.losses[-1] if self.losses else None,
+            "growth_mm3": {
+                "base": self.growth.base_mm3,
+                "new": self.growth.new_mm3,
+                "allowed": self.growth.allowed_mm3,
+            },
             "n_samples": self.n_samples,
             "n_lesion_voxels": self.n_lesion_voxels,
             "n_not_lesion_voxels": self.n_not_lesion_voxels,
@@ -172,174 +183,163 @@ class FinetuneResult:
         }
 
 
-def correction_loss(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    marked: torch.Tensor,
-    ignore_unmarked: torch.Tensor,
-    alpha: float = 3.0,
-    beta: float = 0.1,
-    unmarked_weight: float = FinetuneConfig.unmarked_weight,
-) -> torch.Tensor:
-    """Loss of a batch of correction samples; scalar.
+@dataclass
+class _Batches:
+    """The samples of a round as tensors: ``draws`` input variants of every sample.
 
-    ``logits`` ``(B, 2, H, W)``; ``target`` long ``(B, H, W)``; ``marked`` and
-    ``ignore_unmarked`` bool ``(B, H, W)``. Weighted CE over the marked voxels
-    plus ``unmarked_weight`` times the lopsided bootstrap over the unmarked
-    voxels not ignored.
+    Draw 0 holds the case's own sequences, the others independent
+    sequence-dropout draws. ``teacher`` ``(draws, n, H, W)`` is the input
+    model's probability for each variant: a sample is always held to what the
+    frozen model said about the same input, so dropout does not pull the
+    prediction of the full input anywhere.
     """
-    hard = weighted_ce(logits, target, alpha, ignore=~marked)
-    soft = lopsided_bootstrap(logits, target, alpha, beta, ignore=marked | ignore_unmarked)
-    return hard + unmarked_weight * soft
+
+    samples: CorrectionSamples
+    marks: torch.Tensor
+    teacher: torch.Tensor
+    inputs: torch.Tensor
+    size: tuple[int, int]
+
+    def pick(self, rng: np.random.Generator, picks: np.ndarray) -> np.ndarray:
+        """A random draw for each picked sample."""
+        return rng.integers(0, self.inputs.shape[0], size=picks.size)
+
+
+class _Passes:
+    """The mode's forward pass over ``(draw, sample)`` pairs and its trainable parameters.
+
+    Fast mode caches what the frozen part computes for every draw once per
+    round (every attempt starts from the same frozen part).
+    """
+
+    def __init__(self, batches: _Batches, mode: str, base: MetsegNet, device: torch.device):
+        self.batches, self.mode, self.device = batches, mode, device
+        self.features: Features | None = None
+        if mode == "fast":
+            with torch.no_grad():
+                self.features = Features.stack(
+                    [
+                        Features.cat([base.features(part.to(device)) for part in draw.split(CHUNK)])
+                        for draw in batches.inputs
+                    ]
+                )
+
+    def logits(self, network: MetsegNet, draws: np.ndarray, picks: np.ndarray) -> torch.Tensor:
+        if self.features is not None:
+            return network.head(self.features[draws, picks])
+        return network(self.batches.inputs[draws, picks].to(self.device))
+
+    def parameters(self, network: MetsegNet) -> list[torch.nn.Parameter]:
+        return network.head_parameters() if self.mode == "fast" else list(network.parameters())
 
 
 def finetune(
-    case: Case | PreparedCase,
+    case: Case,
     model: MetsegNet,
     corrections: np.ndarray,
     config: FinetuneConfig = FinetuneConfig(),
     present: Presence = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    *,
+    prepared: PreparedCase | None = None,
+    reference: np.ndarray | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``model`` on the ``corrections`` of ``case``; ``model`` is untouched.
 
-    ``case`` may be already prepared for this model (saves the CLAHE of the
-    whole case when the caller keeps it between rounds). ``corrections``:
-    uint8 on the case grid (``samples`` module). ``present`` switches model
-    sequences off as in :func:`napari_metseg.segment`. ``progress(done,
-    total, message)`` is called per step; ``cancel`` stops between steps
+    ``corrections``: uint8 on the case grid (``samples`` module). ``present``
+    switches model sequences off as in :func:`napari_metseg.segment`.
+    ``prepared``: ``case`` already prepared for this model with that
+    presence (saves the CLAHE when kept between rounds). ``reference``:
+    ``model``'s probability of the case with that presence, when the caller
+    has it (else it is computed), the trust region's baseline.
+    ``progress(done, total, message)`` is called per step; ``cancel`` stops
     with :class:`~napari_metseg.errors.Cancelled` and nothing returned.
+
+    Raises :class:`~napari_metseg.errors.CorrectionError` when nothing is
+    marked, :class:`~napari_metseg.errors.GeometryError` for corrections off
+    the case grid, :class:`~napari_metseg.errors.RunawayError` when every
+    attempt leaves the trust region.
     """
     progress = progress or no_progress
     started = time.perf_counter()
-    timings: dict[str, float] = {}
     device = resolve_device(config.device)
     mode = config.mode if config.mode != "auto" else ("full" if device.type == "cuda" else "fast")
-    model_config = model.config
-    if isinstance(case, PreparedCase):
-        prepared = case
-    else:
-        flags = presence_flags(model_config.sequences, present)
-        prepared = prepare_case(case, model_config.sequences, flags, model_config.preprocess)
-    corrections = check_corrections(corrections, prepared.native_shape)
-    check_cancel(cancel)
+    corrections = check_corrections(corrections, case.shape)
+    if prepared is None:
+        flags = presence_flags(model.config.sequences, present)
+        prepared = prepare_case(case, model.config.sequences, flags, model.config.preprocess)
+    elif prepared.native_shape != case.shape:
+        raise GeometryError(
+            f"prepared case of grid {prepared.native_shape} does not match case {case.shape}"
+        )
     rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    ignore_mode = config.unmarked == "ignore"
     samples = select_samples(
         corrections,
-        model_config.preprocess.size,
+        model.config.preprocess.size,
         prepared.tissue,
-        neighbours=0 if ignore_mode else config.neighbours,
-        random_slices=0 if ignore_mode else config.random_slices,
+        neighbours=config.neighbours,
+        random_slices=config.random_slices,
         rng=rng,
     )
-    timings["prepare"] = time.perf_counter() - started
-
-    network = copy.deepcopy(model).to(device).eval()
-    x = torch.from_numpy(
-        stack_25d(prepared.volumes, samples.slices, model_config.preprocess.context)
-    ).float()
-    available = torch.from_numpy(prepared.present).expand(x.shape[0], -1)
-    clean = apply_presence(x, available)
-    base = _probability(network, clean, device)
-    target_np, ignore_np = sample_targets(
-        samples.marks, config.unmarked, base, config.keep_threshold
-    )
-    target = torch.from_numpy(target_np).long().to(device)
-    marked = torch.from_numpy(samples.marked).to(device)
-    ignore_unmarked = torch.from_numpy(ignore_np).to(device)
-    size = tuple(x.shape[-2:])
-
-    generator = torch.Generator().manual_seed(config.seed)
-    if mode == "fast":
-        draws = [clean] + [
-            sequence_dropout(
-                x, len(model_config.sequences), config.dropout_rate, generator, available
-            )[0]
-            for _ in range(config.dropout_draws - 1)
-        ]
-        features = torch.stack([_cached_features(network, inputs, device) for inputs in draws])
-        trainable = _head_parameters(network)
-
-        def forward(picks: np.ndarray) -> torch.Tensor:
-            chosen = rng.integers(0, features.shape[0], size=picks.size)
-            return head_logits(network, features[chosen, picks], size)
-
-        def forward_clean(picks: np.ndarray) -> torch.Tensor:
-            return head_logits(network, features[0, picks], size)
-
-    else:
-        trainable = list(network.parameters())
-
-        def forward(picks: np.ndarray) -> torch.Tensor:
-            inputs, _ = sequence_dropout(
-                x[picks],
-                len(model_config.sequences),
-                config.dropout_rate,
-                generator,
-                available[picks],
-            )
-            return network(inputs.to(device))
-
-        def forward_clean(picks: np.ndarray) -> torch.Tensor:
-            return network(clean[picks].to(device))
-
-    timings["cache"] = time.perf_counter() - started - timings["prepare"]
+    check_cancel(cancel)
+    segmenter = Segmenter(copy.deepcopy(model), device)
+    if reference is None:
+        reference = _segment(segmenter, prepared, progress, cancel)
+    timings = {"prepare": time.perf_counter() - started}
+    batches = _batches(segmenter.model, prepared, samples, config, device)
+    passes = _Passes(batches, mode, segmenter.model, device)
     scored = np.flatnonzero(samples.corrected)
-    before = _corrected_loss(forward_clean, scored, target, marked, config.alpha)
-
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
-    for parameter in trainable:
-        parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(
-        trainable, lr=config.lr or DEFAULT_LR[mode], weight_decay=config.weight_decay
-    )
-    weights = np.where(samples.corrected, config.oversample, 1.0)
-    weights /= weights.sum()
-    losses: list[float] = []
-    train_started = time.perf_counter()
-    for step in range(config.iterations):
-        check_cancel(cancel)
-        picks = rng.choice(len(samples.slices), size=config.batch_size, p=weights)
-        loss = correction_loss(
-            forward(picks),
-            target[picks],
-            marked[picks],
-            ignore_unmarked[picks],
-            config.alpha,
-            config.beta,
-            config.unmarked_weight,
+    before = _corrected_loss(passes, segmenter.model, scored, config.alpha)
+    timings["cache"] = time.perf_counter() - started - timings["prepare"]
+    away = away_from_strokes(corrections, case.geometry, config.trust.margin_mm)
+    base_lr = config.lr or DEFAULT_LR[mode]
+    for attempt in range(config.backoffs + 1):
+        lr, iterations = base_lr / 2**attempt, max(1, config.iterations // 2**attempt)
+        network = copy.deepcopy(model).to(device).eval()
+        losses = _train(network, passes, config, lr, iterations, rng, progress, cancel)
+        probability = _segment(Segmenter(network, device), prepared, progress, cancel)
+        growth = lesion_growth(
+            probability, reference, away, case.geometry.voxel_volume, config.trust
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        progress(step + 1, config.iterations, f"fine-tuning ({mode}): loss {losses[-1]:.4f}")
-    timings["train"] = time.perf_counter() - train_started
-    for parameter in network.parameters():
-        parameter.requires_grad_(True)
-    after = _corrected_loss(forward_clean, scored, target, marked, config.alpha)
+        if growth.within:
+            break
+        logger.warning(
+            "fine-tuning attempt %d left the trust region: %s", attempt + 1, growth.describe()
+        )
+    else:
+        raise RunawayError(
+            f"fine-tuning on these strokes would leave {growth.describe()} even with "
+            f"{config.backoffs} smaller tries; the model is unchanged. Paint more of the "
+            "missed lesion, or mark nearby false ones as 'not lesion', and try again"
+        )
+    timings["train_and_check"] = time.perf_counter() - started - sum(timings.values())
+    after = _corrected_loss(passes, network, scored, config.alpha)
     network.metadata = dict(model.metadata)
     seconds = time.perf_counter() - started
     logger.info(
-        "fine-tuned (%s, %d samples, %d steps) in %.1f s: corrected-voxel loss %.4f -> %.4f",
+        "fine-tuned (%s, %d samples, attempt %d, lr %.1e) in %.1f s: corrected-voxel loss "
+        "%.4f -> %.4f; %s",
         mode,
         len(samples.slices),
-        config.iterations,
+        attempt + 1,
+        lr,
         seconds,
         before,
         after,
+        growth.describe(),
     )
     return FinetuneResult(
         model=network.eval(),
+        probability=probability,
         config=config,
         mode=mode,
+        lr=lr,
         losses=losses,
         corrected_loss_before=before,
         corrected_loss_after=after,
+        growth=growth,
+        attempts=attempt + 1,
         n_samples=len(samples.slices),
         n_lesion_voxels=int(np.count_nonzero(corrections == LESION)),
         n_not_lesion_voxels=int(np.count_nonzero(corrections == NOT_LESION)),
@@ -348,86 +348,109 @@ def finetune(
     )
 
 
-def _chunks(n: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, CHUNK):
-        yield np.arange(start, min(start + CHUNK, n))
+def _segment(
+    segmenter: Segmenter,
+    prepared: PreparedCase,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    stack, _ = segmenter.predict_prepared(prepared, progress, cancel)
+    return restore_slices(stack, prepared.native_shape)
 
 
-def _probability(network: MetsegNet, inputs: torch.Tensor, device: torch.device) -> np.ndarray:
-    with torch.inference_mode():
-        parts = [
-            torch.softmax(network(inputs[chunk].to(device)).float(), dim=1)[:, 1].cpu()
-            for chunk in _chunks(inputs.shape[0])
+def _batches(
+    base: MetsegNet,
+    prepared: PreparedCase,
+    samples: CorrectionSamples,
+    config: FinetuneConfig,
+    device: torch.device,
+) -> _Batches:
+    """Sample tensors under ``config.dropout_draws`` presence draws and the teacher's view of each."""
+    x = torch.from_numpy(stack_25d(prepared.volumes, samples.slices, prepared.config.context))
+    x = x.float()
+    available = torch.from_numpy(prepared.present).expand(x.shape[0], -1)
+    generator = torch.Generator().manual_seed(config.seed)
+    sequences = len(base.config.sequences)
+    inputs = torch.stack(
+        [apply_presence(x, available)]
+        + [
+            sequence_dropout(x, sequences, config.dropout_rate, generator, available)[0]
+            for _ in range(config.dropout_draws - 1)
         ]
-    return torch.cat(parts).numpy()
+    )
+    with torch.inference_mode():
+        teacher = torch.stack(
+            [
+                torch.cat([lesion_margin(base(part.to(device))) for part in draw.split(CHUNK)])
+                for draw in inputs
+            ]
+        )
+    marks = torch.from_numpy(samples.marks).to(device)
+    return _Batches(samples, marks, teacher.clone(), inputs, tuple(x.shape[-2:]))
 
 
-def _cached_features(
-    network: MetsegNet, inputs: torch.Tensor, device: torch.device
-) -> torch.Tensor:
+def _train(
+    network: MetsegNet,
+    passes: _Passes,
+    config: FinetuneConfig,
+    lr: float,
+    iterations: int,
+    rng: np.random.Generator,
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> list[float]:
+    """AdamW steps on ``network`` in place; returns the loss of every step."""
+    batches = passes.batches
+    trainable = passes.parameters(network)
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    import os
+
+    if os.environ.get("FT_OPT") == "sgd":
+        optimizer = torch.optim.SGD(
+            trainable, lr=lr, momentum=0.9, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    weights = np.where(batches.samples.corrected, config.oversample, 1.0)
+    weights /= weights.sum()
+    losses: list[float] = []
+    for step in range(iterations):
+        check_cancel(cancel)
+        picks = rng.choice(len(weights), size=config.batch_size, p=weights)
+        draws = batches.pick(rng, picks)
+        loss = correction_loss(
+            passes.logits(network, draws, picks),
+            batches.marks[picks],
+            batches.teacher[draws, picks],
+            unmarked=config.unmarked,
+            alpha=config.alpha,
+            beta=config.beta,
+            keep_threshold=config.keep_threshold,
+            stroke_weight=config.stroke_weight,
+            stroke_share=config.stroke_share,
+            anchor_weight=config.anchor_weight,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        progress(step + 1, iterations, f"fine-tuning ({passes.mode}): loss {losses[-1]:.4f}")
+    for parameter in network.parameters():
+        parameter.requires_grad_(True)
+    return losses
+
+
+def _corrected_loss(passes: _Passes, network: MetsegNet, picks: np.ndarray, alpha: float) -> float:
+    """Class-weighted CE of ``network`` on the marked voxels of the corrected samples."""
     with torch.no_grad():
-        return torch.cat(
-            [backbone_features(network, inputs[chunk].to(device)) for chunk in _chunks(len(inputs))]
+        logits = torch.cat(
+            [
+                passes.logits(network, np.zeros_like(chunk), chunk)
+                for chunk in np.array_split(picks, max(1, -(-picks.size // CHUNK)))
+            ]
         )
-
-
-def _corrected_loss(
-    forward_clean, picks: np.ndarray, target: torch.Tensor, marked: torch.Tensor, alpha: float
-) -> float:
-    with torch.no_grad():
-        logits = torch.cat([forward_clean(picks[chunk]) for chunk in _chunks(picks.size)])
-        return float(weighted_ce(logits, target[picks], alpha, ignore=~marked[picks]))
-
-
-def _branch(network: MetsegNet, index: int) -> nn.Module:
-    return network.branches[0 if len(network.branches) == 1 else index]
-
-
-def backbone_features(network: MetsegNet, x: torch.Tensor) -> torch.Tensor:
-    """What the frozen part of ``network`` computes from ``x`` (the head's input).
-
-    ``x``: ``(B, channels, H, W)`` after the presence rule. Input, mid and
-    subtraction levels give ``(B, C, h, w)``; the end level stacks its
-    per-sequence features as ``(B, n_sequences, C, h, w)``.
-    """
-    config = network.config
-    if config.integration == "input":
-        return network.backbone(x)["out"]
-    chunks = x.split(config.slices_per_sequence, dim=1)
-    if config.integration == "mid":
-        return torch.cat(
-            [_branch(network, i)(chunk)["out"] for i, chunk in enumerate(chunks)], dim=1
-        )
-    if config.integration == "end":
-        return torch.stack(
-            [_branch(network, i)["backbone"](chunk)["out"] for i, chunk in enumerate(chunks)],
-            dim=1,
-        )
-    pre, post = (chunks[config.sequences.index(name)] for name in SUBTRACTION_PAIR)
-    return network.backbone(post)["out"] - network.backbone(pre)["out"]
-
-
-def head_logits(network: MetsegNet, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Logits ``(B, classes, *size)`` from :func:`backbone_features`, as ``network(x)`` gives."""
-    if network.config.integration != "end":
-        logits = network.head(features)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    probabilities = [
-        F.softmax(
-            F.interpolate(
-                _branch(network, i)["head"](features[:, i]),
-                size=size,
-                mode="bilinear",
-                align_corners=False,
-            ),
-            dim=1,
-        )
-        for i in range(features.shape[1])
-    ]
-    return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
-
-
-def _head_parameters(network: MetsegNet) -> list[nn.Parameter]:
-    if network.config.integration == "end":
-        return [p for branch in network.branches for p in branch["head"].parameters()]
-    return list(network.head.parameters())
+    marks = passes.batches.marks[picks]
+    return float(weighted_ce(logits, (marks == LESION).long(), alpha, ignore=marks == 0))

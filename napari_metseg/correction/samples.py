@@ -9,14 +9,8 @@ outlined.
 
 Fine-tuning trains on the slices that carry corrections, plus a few
 neighbouring and random slices of the same case so the model does not forget
-what it already knew. Targets per voxel of those slices (network grid):
-
-- marked lesion -> 1, marked not-lesion -> 0, both fully trusted;
-- unmarked, ``unmarked="ignore"`` -> not counted at all (ignored);
-- unmarked, ``unmarked="bootstrap"`` -> the current model's own prediction
-  (1 where its probability reaches ``keep_threshold``, else 0), scored by the
-  lopsided bootstrap, so an unmarked lesion the model starts to see is not
-  punished as background (METHOD.md, "the lopsided bootstrap loss").
+what it already knew; the loss on them is in
+:mod:`napari_metseg.correction.objective`.
 """
 
 from __future__ import annotations
@@ -26,18 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_metseg.errors import GeometryError, MetsegError
+from napari_metseg.errors import CorrectionError, GeometryError
 
 #: Values of a corrections volume.
 UNMARKED, LESION, NOT_LESION = 0, 1, 2
-#: How unmarked voxels of the training slices count.
-UNMARKED_MODES: tuple[str, ...] = ("bootstrap", "ignore")
 #: Where a sample slice comes from.
 CORRECTED, NEIGHBOUR, RANDOM = "corrected", "neighbour", "random"
-
-
-class CorrectionError(MetsegError):
-    """Corrections that cannot drive fine-tuning (nothing marked)."""
 
 
 def empty_corrections(shape: Sequence[int]) -> np.ndarray:
@@ -93,7 +81,7 @@ def _mark(corrections: np.ndarray, labels: np.ndarray, label: int, value: int) -
     return corrections
 
 
-def corrected_slices(corrections: np.ndarray) -> np.ndarray:
+def _corrected_slices(corrections: np.ndarray) -> np.ndarray:
     """Indices of the slices holding at least one marked voxel, ascending."""
     return np.flatnonzero(np.any(corrections != UNMARKED, axis=(1, 2)))
 
@@ -168,7 +156,7 @@ def select_samples(
             f"neighbours and random_slices must be >= 0, got {neighbours}, {random_slices}"
         )
     n_slices = corrections.shape[0]
-    corrected = corrected_slices(corrections)
+    corrected = _corrected_slices(corrections)
     if corrected.size == 0:
         raise CorrectionError("no corrections: mark a missed lesion or a false positive first")
     rng = rng or np.random.default_rng(0)
@@ -184,34 +172,3 @@ def select_samples(
     slices = np.concatenate([corrected, near, far]).astype(np.int64)
     kinds = (CORRECTED,) * corrected.size + (NEIGHBOUR,) * near.size + (RANDOM,) * far.size
     return CorrectionSamples(slices, kinds, to_network_grid(corrections[slices], size))
-
-
-def sample_targets(
-    marks: np.ndarray,
-    unmarked: str = "bootstrap",
-    base_probability: np.ndarray | None = None,
-    keep_threshold: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and the unmarked voxels left out of the loss, for ``marks`` ``(n, H, W)``.
-
-    Returns ``target`` uint8 (1 lesion, 0 background) and ``ignore_unmarked``
-    bool, both shaped like ``marks``. Marked voxels always count (1 for
-    :data:`LESION`, 0 for :data:`NOT_LESION`). With ``unmarked="ignore"``
-    every unmarked voxel is ignored, so none becomes a negative; with
-    ``"bootstrap"`` unmarked voxels count with the current model's
-    prediction as target (``base_probability`` ``(n, H, W)`` at
-    ``keep_threshold``).
-    """
-    if unmarked not in UNMARKED_MODES:
-        raise ValueError(f"unmarked must be one of {list(UNMARKED_MODES)}, got {unmarked!r}")
-    free = marks == UNMARKED
-    target = (marks == LESION).astype(np.uint8)
-    if unmarked == "ignore":
-        return target, free
-    if base_probability is None or base_probability.shape != marks.shape:
-        shape = None if base_probability is None else base_probability.shape
-        raise ValueError(
-            f"unmarked='bootstrap' needs the model's probability of shape {marks.shape}, got {shape}"
-        )
-    target[free & (base_probability >= keep_threshold)] = 1
-    return target, np.zeros_like(free)

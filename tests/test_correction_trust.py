@@ -1,0 +1,79 @@
+"""The trust region of a correction round, down to the runaway case of issue #13."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_metseg.case import Geometry
+from napari_metseg.correction import (
+    LESION,
+    FinetuneConfig,
+    TrustRegion,
+    empty_corrections,
+    finetune,
+)
+from napari_metseg.correction.trust import away_from_strokes, lesion_growth
+from napari_metseg.engine import Segmenter
+from napari_metseg.lesions import label_components
+from napari_metseg.model import load_model
+from napari_metseg.phantom import make_phantom
+from napari_metseg.preprocess import prepare_case, restore_slices
+
+
+def test_the_margin_is_in_millimetres_per_axis() -> None:
+    spacing = np.diag([3.0, 1.0, 1.0, 1.0])  # (slice, row, col) steps of 3, 1, 1 mm
+    geometry = Geometry((20, 40, 40), spacing, (20, 40, 40), spacing)
+    corrections = empty_corrections(geometry.shape)
+    corrections[10, 20, 20] = LESION
+    away = away_from_strokes(corrections, geometry, margin_mm=6.0)
+    assert not away[10, 20, 26] and away[10, 20, 27]
+    assert not away[12, 20, 20] and away[13, 20, 20]
+
+
+def test_growth_counts_candidate_volume_away_from_the_strokes_only() -> None:
+    base = np.zeros((4, 10, 10), np.float32)
+    base[0, :2, :2] = 0.5
+    new = base.copy()
+    new[3, 5:, 5:] = 0.2  # 25 voxels of new lesion, away
+    new[1, 0, 0] = 0.9  # near the stroke: not counted
+    away = np.ones_like(base, dtype=bool)
+    away[1] = False
+    growth = lesion_growth(new, base, away, 2.0, TrustRegion(growth_factor=1.5, growth_mm3=10))
+    assert (growth.base_mm3, growth.new_mm3, growth.allowed_mm3) == (8.0, 58.0, 22.0)
+    assert not growth.within and "cm^3" in growth.describe()
+
+
+@pytest.fixture(scope="module")
+def sample_case():
+    """The sample case, the bundled model, its prediction, and a 1-voxel lesion it missed."""
+    case = make_phantom(7, spacing=1.5)
+    model = load_model()
+    prepared = prepare_case(case, model.config.sequences, config=model.config.preprocess)
+    stack, _ = Segmenter(model, "cpu").predict_prepared(prepared)
+    base = restore_slices(stack, prepared.native_shape)
+    truth, count = label_components(case.truth > 0)
+    candidates, _ = label_components(base >= 0.10)
+    sizes = np.bincount(truth.ravel())
+    missed = [i for i in range(1, count + 1) if sizes[i] == 1 and not candidates[truth == i].any()]
+    assert missed, "the sample case should hold a 1-voxel lesion the bundled model misses"
+    return case, model, prepared, base, truth, missed[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_one_dab_on_a_one_voxel_lesion_stays_inside_the_bound(sample_case, mode) -> None:
+    """Issue #13: a 3x3 stroke on a missed 1-voxel lesion once turned the brain into a lesion."""
+    case, model, prepared, base, truth, lesion = sample_case
+    z, r, c = np.argwhere(truth == lesion)[0]
+    corrections = empty_corrections(case.shape)
+    corrections[z, r - 1 : r + 2, c - 1 : c + 2] = LESION
+    config = FinetuneConfig(mode=mode, device="cpu", iterations=10 if mode == "full" else 30)
+    result = finetune(case, model, corrections, config, prepared=prepared, reference=base)
+    trust = config.trust
+    away = away_from_strokes(corrections, case.geometry, trust.margin_mm)
+    volume = case.geometry.voxel_volume
+    new = np.count_nonzero((result.probability >= 0.10) & away) * volume
+    old = np.count_nonzero((base >= 0.10) & away) * volume
+    assert new <= trust.growth_factor * old + trust.growth_mm3
+    assert np.count_nonzero(result.probability >= 0.10) < 2 * np.count_nonzero(base >= 0.10) + 2000
