@@ -160,8 +160,11 @@ def case_layers(case: Case) -> list[LayerData]:
 
 
 def _source_name(case: Case, sequence: str) -> str:
+    """The file (or DICOM folder) name a layer was read from, else the sequence."""
     source = case.sources.get(sequence, "")
-    return file_stem(source) if source else sequence
+    if Path(source).is_absolute() or source.lower().endswith(VOLUME_SUFFIXES):
+        return file_stem(source)
+    return sequence
 
 
 def _channel_order(item: tuple[str, np.ndarray]) -> tuple[int, str]:
@@ -214,7 +217,8 @@ def world_matrix(transform: Mapping[str, Any]) -> np.ndarray:
     rotate = np.eye(ndim) if rotate is None else np.asarray(rotate, dtype=np.float64)
     if rotate.shape != (ndim, ndim):
         raise GeometryError(f"rotate must be a {ndim}x{ndim} matrix, got shape {rotate.shape}")
-    shear = np.asarray(transform.get("shear", ()) or (), dtype=np.float64)
+    shear = transform.get("shear")
+    shear = np.asarray(() if shear is None else shear, dtype=np.float64)
     if shear.ndim == 1:
         upper = np.eye(ndim)
         if shear.size:
