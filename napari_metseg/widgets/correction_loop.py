@@ -307,11 +307,13 @@ class CorrectionLoop(QObject):
         self.panel.status_label.setText(
             f"{round_.version}: {result.mode}, {result.seconds:.1f} s, corrected-voxel loss "
             f"{result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
-            f"{result.corrected_loss_after:.3f}; {self.changes.summary()}"
+            f"{result.corrected_loss_after:.3f}"
+            + (f"; {self.changes.summary()}" if self.changes is not None else "")
         )
 
     def _show_version(self, version: str, probability: np.ndarray, before: np.ndarray | None):
         state = self.state
+        self.changes = None
         path = None if version == BASE else self.workspace.model_path(version)
         state.set_version(version, path)
         state.show_result(state.case, state.present, probability)
