@@ -3,7 +3,6 @@ versions, autosave, cancel (a real tiny network; run under xvfb-run)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
