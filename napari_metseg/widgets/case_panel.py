@@ -50,6 +50,7 @@ class CasePanel(QGroupBox):
         self._checks: dict[str, QCheckBox] = {}
         self._grid = QGridLayout()
         self.factor_label = QLabel()
+        self.factor_label.setWordWrap(True)
         self.open_button = QPushButton("Open case folder...")
         self.open_button.clicked.connect(self._open_folder)
         layout = QVBoxLayout(self)

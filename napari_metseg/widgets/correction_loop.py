@@ -304,12 +304,12 @@ class CorrectionLoop(QObject):
     def _show_round(self, round_: Round, before: np.ndarray | None) -> None:
         result = round_.result
         self._show_version(round_.version, round_.probability, before)
-        self.panel.status_label.setText(
-            f"{round_.version}: {result.mode}, {result.seconds:.1f} s, corrected-voxel loss "
-            f"{result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
+        loss = (
+            f"corrected-voxel loss {result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
             f"{result.corrected_loss_after:.3f}"
-            + (f"; {self.changes.summary()}" if self.changes is not None else "")
         )
+        self.panel.status_label.setText(f"{round_.version}: {result.mode}, {result.seconds:.1f} s")
+        self.panel.status_label.setToolTip(loss)
 
     def _show_version(self, version: str, probability: np.ndarray, before: np.ndarray | None):
         state = self.state

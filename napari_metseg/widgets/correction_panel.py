@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from qtpy.QtCore import QStandardPaths, Signal
+from qtpy.QtCore import QStandardPaths, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -163,9 +163,11 @@ class CorrectionPanel(RunControls, QGroupBox):
                 info = workspace.info(version)
                 marks = info.get("n_lesion_marks", 0) + info.get("n_not_lesion_marks", 0)
                 created = str(info.get("created", ""))[:16].replace("T", " ")
-                self.version_combo.addItem(
-                    f"{version} (from {info.get('parent')}, {marks} marked voxels, {created})",
-                    version,
+                self.version_combo.addItem(f"{version} ({marks} marked voxels)", version)
+                self.version_combo.setItemData(
+                    self.version_combo.count() - 1,
+                    f"{version}: fine-tuned from {info.get('parent')} on {created}",
+                    Qt.ItemDataRole.ToolTipRole,
                 )
             self.version_combo.setCurrentIndex(self.version_combo.findData(workspace.current))
             count = len(workspace.versions) - 1

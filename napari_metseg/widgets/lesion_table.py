@@ -169,7 +169,6 @@ class LesionTablePanel(QWidget):
         self.view.verticalHeader().setVisible(False)
         self.view.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.view.horizontalHeader().setStretchLastSection(True)
         self.view.setMinimumHeight(self._rows_height(MIN_ROWS))
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary_label = QLabel()
