@@ -2,16 +2,20 @@
 
 Run under a virtual display from the repository root::
 
-    xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python docs/screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots.py
 
-It opens the sample case in a 1400 x 900 napari window, docks the workbench,
-runs the bundled model, selects the most confident lesion, computes its
-saliency, and writes PNGs to ``docs/images/``. Timings of the run are printed,
-so the README's latency figures can be refreshed from the same script.
+It opens the sample case in a 1600 x 1000 napari window, docks the workbench
+as the Plugins menu does, runs the bundled model (the lesion table docks below
+the canvas), selects the most confident lesion, computes its saliency, then
+accepts a lesion and rejects another and runs one fast correction round, and
+writes PNGs to ``docs/images/``. Timings are printed, so the README's figures
+can be refreshed from the same script. Workspaces go to a temporary folder.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,11 +24,12 @@ import torchvision  # noqa: F401  (before any OpenGL context: see napari_metseg.
 from qtpy.QtWidgets import QApplication
 
 from napari_metseg.cli.demo import sample_folder
+from napari_metseg.correction.workspace import WORKSPACES_ENV
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
 
-def wait_for(condition, timeout_s: float = 300.0) -> float:
+def wait_for(condition, timeout_s: float = 600.0) -> float:
     """Process Qt events until ``condition()`` holds; seconds waited."""
     start = time.perf_counter()
     while not condition():
@@ -37,26 +42,47 @@ def wait_for(condition, timeout_s: float = 300.0) -> float:
 
 def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
+    os.environ[WORKSPACES_ENV] = tempfile.mkdtemp(prefix="metseg-screenshots-")
     viewer = napari.Viewer(title="MetSeg")
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1600, 1000)
     viewer.open(sample_folder(), plugin="napari-metseg")
     _, workbench = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+    state = workbench.state
     wait_for(lambda: True, 1.0)
 
     workbench.run()
-    seconds = wait_for(lambda: workbench.worker is None and "lesions" in viewer.layers)
-    print(f"click Run -> layers shown: {seconds:.1f} s, {len(workbench.table)} lesions")
-    if len(workbench.table):
-        workbench.lesion_table.go_to(int(workbench.table["label"].iloc[0]))
+    seconds = wait_for(lambda: state.worker is None and state.table is not None)
+    print(f"click Run -> layers shown: {seconds:.1f} s, {len(state.table)} lesions")
+    table = workbench.lesion_table
+    if len(state.table):
+        table.select_lesion(int(state.table["label"].iloc[0]))
     wait_for(lambda: True, 0.5)
     viewer.screenshot(IMAGES / "workbench.png", canvas_only=False)
 
-    workbench.tabs.setCurrentIndex(1)
-    workbench.explain()
-    seconds = wait_for(lambda: workbench.worker is None and workbench.saliency is not None)
+    workbench.tabs.setCurrentIndex(2)
+    workbench.explain_panel.explain()
+    seconds = wait_for(lambda: state.worker is None and workbench.explain_panel.saliency)
     print(f"saliency of the selected lesion: {seconds:.1f} s")
     wait_for(lambda: True, 0.5)
     viewer.screenshot(IMAGES / "saliency.png", canvas_only=False)
+
+    for layer in viewer.layers:
+        if layer.metadata.get("role") == "saliency":
+            layer.visible = False
+    workbench.tabs.setCurrentIndex(1)
+    labels = list(state.table["label"])
+    table.select_lesion(int(labels[0]))
+    table.mark_selected(1)
+    if len(labels) > 1:
+        table.select_lesion(int(labels[-1]))
+        table.mark_selected(2)
+    workbench.correction_panel.mode_combo.setCurrentIndex(1)  # fast
+    workbench.correction.finetune()
+    seconds = wait_for(lambda: state.worker is None)
+    print(f"fine-tune round + segmentation: {seconds:.1f} s; {state.version}")
+    table.view.clearSelection()
+    wait_for(lambda: True, 0.5)
+    viewer.screenshot(IMAGES / "correction.png", canvas_only=False)
     viewer.close()
 
 

@@ -3,9 +3,12 @@
 The reader turns a single volume into an Image layer (a Labels layer when the
 file name says ``seg`` / ``mask`` / ``labels``) and a case folder into one
 Image layer per sequence plus the truth, all in internal order placed by the
-reference grid (:attr:`~napari_metseg.case.Geometry.napari_affine`). The
-writers put a layer back on its source grid through
-:func:`napari_metseg.io.write_volume`.
+reference grid (:attr:`~napari_metseg.case.Geometry.napari_affine`), each named
+after its file (the ``sequence`` metadata says what it plays). The writers put
+a layer back on its source grid through :func:`napari_metseg.io.write_volume`.
+The layer data comes from the Qt- and napari-free :mod:`napari_metseg.layerdata`,
+so reading a file imports neither napari nor the widgets; :func:`activate` (the
+manifest's ``on_activate``) is the one hook that touches napari's settings.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any
 import numpy as np
 
 from napari_metseg.errors import GeometryError
-from napari_metseg.widgets.layers import (
+from napari_metseg.layerdata import (
+    VOLUME_SUFFIXES,
     LayerData,
     case_layers,
+    file_stem,
     geometry_from_napari_affine,
     guess_sequence,
     image_layer,
@@ -32,8 +37,10 @@ from napari_metseg.widgets.layers import (
 
 logger = logging.getLogger(__name__)
 
-#: File endings the reader takes (the manifest's ``filename_patterns``).
-VOLUME_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+#: Patterns napari's built-in (imageio) reader claims too: with two readers and no preference
+#: (``settings.plugins.extension2reader``) napari asks "Choose reader" for every such file.
+SHARED_PATTERNS: tuple[str, ...] = ("*.nii", "*.nii.gz")
+PLUGIN = "napari-metseg"
 #: Slice files a case folder may hold one level down (one folder per sequence).
 _SLICE_SUFFIXES: tuple[str, ...] = (".png", ".dcm")
 _MAX_ENTRIES = 500
@@ -43,6 +50,24 @@ SAMPLE_SEED = 7
 SAMPLE_SPACING = 1.5
 
 PathOrPaths = str | os.PathLike | list[str | os.PathLike]
+
+
+def activate(context: Any = None) -> None:
+    """npe2's ``on_activate`` (the first time napari runs one of MetSeg's commands: read,
+    sample data): :func:`prefer_metseg_reader`."""
+    prefer_metseg_reader()
+
+
+def prefer_metseg_reader() -> None:
+    """Make MetSeg napari's reader for :data:`SHARED_PATTERNS`, so opening one asks no
+    "Choose reader"; a choice the user made (preferences, the reader dialog) stays.
+    Docking the workbench calls it too: napari docks a widget without activating its plugin."""
+    from napari.settings import get_settings
+
+    preferences = get_settings().plugins.extension2reader
+    missing = {pattern: PLUGIN for pattern in SHARED_PATTERNS if pattern not in preferences}
+    if missing:
+        get_settings().plugins.extension2reader = {**preferences, **missing}
 
 
 def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | None:
@@ -77,7 +102,7 @@ def _volume_layer(path: Path) -> LayerData:
     from napari_metseg.io import read_volume
 
     volume = read_volume(path)
-    name = _stem(path)
+    name = file_stem(path)
     if looks_like_mask(name):
         return labels_layer(volume.data, volume.geometry, name, source=str(path))
     return image_layer(
@@ -120,14 +145,6 @@ def sample_case() -> list[LayerData]:
     from napari_metseg.phantom import make_phantom
 
     return case_layers(make_phantom(SAMPLE_SEED, spacing=SAMPLE_SPACING))
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _is_volume_file(path: Path) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,23 +42,34 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
-def compare_lesions(reference: np.ndarray, other: np.ndarray) -> tuple[int, int]:
-    """``(lost, gained)`` between two lesion-id volumes of one shape (0 is background).
+@dataclass(frozen=True)
+class LesionChanges:
+    """How two lesion-id volumes of one grid differ: the ids of ``reference``'s lesions
+    none of whose voxels is a lesion in the other (``lost``) and of the other's lesions
+    none of whose voxels is a lesion in ``reference`` (``gained``)."""
 
-    A lesion of ``reference`` is lost when none of its voxels is a lesion voxel
-    of ``other``; a lesion of ``other`` is gained when none of its voxels is a
-    lesion voxel of ``reference``.
-    """
+    lost: tuple[int, ...]
+    gained: tuple[int, ...]
+
+    def summary(self) -> str:
+        """``"3 new lesions, 1 removed"``: the change report of a fine-tuning round."""
+        new, gone = len(self.gained), len(self.lost)
+        return f"{new} new lesion{'s' * (new != 1)}, {gone} removed"
+
+
+def compare_lesions(reference: np.ndarray, other: np.ndarray) -> LesionChanges:
+    """The lesions lost and gained from ``reference`` to ``other`` (0 is background), by
+    overlap; serves the censor-one-out table and the report of a fine-tuning round."""
     reference, other = np.asarray(reference), np.asarray(other)
     if reference.shape != other.shape:
         raise ValueError(f"lesion volumes differ in shape: {reference.shape} vs {other.shape}")
-    return _unmatched(reference, other > 0), _unmatched(other, reference > 0)
+    return LesionChanges(_unmatched(reference, other > 0), _unmatched(other, reference > 0))
 
 
-def _unmatched(labels: np.ndarray, covered: np.ndarray) -> int:
+def _unmatched(labels: np.ndarray, covered: np.ndarray) -> tuple[int, ...]:
     ids = np.unique(labels[labels > 0])
     hit = np.unique(labels[(labels > 0) & covered])
-    return int(ids.size - hit.size)
+    return tuple(int(i) for i in np.setdiff1d(ids, hit))
 
 
 def sequence_importance(
@@ -113,9 +125,9 @@ def sequence_importance(
         )
         if reference is None:
             reference = labels
-        lost, gained = compare_lesions(reference, labels)
+        changes = compare_lesions(reference, labels)
         confidence = float(table["confidence"].mean()) if len(table) else float("nan")
-        rows.append((off, len(table), lost, gained, confidence))
+        rows.append((off, len(table), len(changes.lost), len(changes.gained), confidence))
     progress(_UNITS, _UNITS, "sequence importance done")
     frame = pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
     frame["confidence_change"] = frame["mean_confidence"] - frame["mean_confidence"].iloc[0]

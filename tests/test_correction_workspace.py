@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from napari_metseg.case import SEQUENCES, Case, Geometry
+from napari_metseg.case import SEQUENCES, Case, Geometry, fingerprint
 from napari_metseg.cli import main
 from napari_metseg.correction import (
     LESION,
@@ -18,7 +19,7 @@ from napari_metseg.correction import (
     WorkspaceError,
     empty_corrections,
 )
-from napari_metseg.correction.workspace import file_digest
+from napari_metseg.correction.workspace import file_digest, workspace_folder
 from napari_metseg.errors import Cancelled
 from napari_metseg.io import write_volume
 from napari_metseg.model import load_model
@@ -152,3 +153,91 @@ def test_metseg_finetune_writes_a_new_model(tmp_path, case, tiny_model_path) -> 
         + ["--model", str(tiny_model_path), "--out", str(out), "--no-progress"]
     )
     assert code == 2
+
+
+def test_a_crash_before_the_rename_keeps_the_last_good_strokes(
+    tmp_path, case, tiny_model_path, monkeypatch
+) -> None:
+    """The autosave dies between writing its temporary file and renaming it: the saved
+    strokes stay the last good ones, the workspace opens, and the next save writes."""
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    newer = marks()
+    newer[4, 12, 12] = LESION
+
+    def crash(source, target):
+        raise OSError("simulated crash before the rename")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("napari_metseg.correction.workspace.os.replace", crash)
+        with pytest.raises(OSError, match="simulated"):
+            space.set_corrections(newer)
+    np.testing.assert_array_equal(Workspace(tmp_path / "ws").corrections, marks())
+    np.testing.assert_array_equal(space.corrections, marks())  # memory follows the disk
+    assert space.set_corrections(newer)  # not taken for "unchanged": written now
+    np.testing.assert_array_equal(Workspace(tmp_path / "ws").corrections, newer)
+
+
+def test_leftover_temporaries_of_a_killed_process_are_ignored(
+    tmp_path, case, tiny_model_path
+) -> None:
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    space.finetune(case, FAST)
+    folder = tmp_path / "ws"
+    (folder / ".corrections.npz.k1ll3d.tmp").write_bytes(b"half a file")
+    (folder / ".workspace.json.k1ll3d.tmp").write_text('{"format": ')
+    half = folder / "versions" / ".v002.k1ll3d.tmp"
+    (half / "model").mkdir(parents=True)
+    reopened = Workspace(folder)
+    assert reopened.versions == ["base", "v001"] and reopened.current == "v001"
+    np.testing.assert_array_equal(reopened.corrections, marks())
+    reopened.finetune(case, FAST)
+    assert reopened.versions == ["base", "v001", "v002"]
+    assert reopened.info("v002")["parent"] == "v001"
+
+
+def test_a_failed_version_write_leaves_no_version(
+    tmp_path, case, tiny_model_path, monkeypatch
+) -> None:
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("napari_metseg.correction.workspace._write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        space.finetune(case, FAST)
+    monkeypatch.undo()
+    reopened = Workspace(tmp_path / "ws")
+    assert reopened.versions == ["base"] and reopened.current == "base"
+    assert not list((tmp_path / "ws" / "versions").iterdir())
+
+
+def test_select_goes_back_to_base_and_redo_returns(tmp_path, case, tiny_model_path) -> None:
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    space.finetune(case, FAST)
+    space.finetune(case, FAST)
+    assert space.select("base") == "base" and Workspace(tmp_path / "ws").current == "base"
+    assert space.redo() == "v001" and space.redo() == "v002" and not space.can_redo
+    space.select("v001")
+    assert space.current == "v001" and space.can_redo
+    with pytest.raises(WorkspaceError, match="no version"):
+        space.select("v009")
+
+
+def test_workspace_folder_follows_the_grid_images_and_base_model(tmp_path, case, tiny_model_path):
+    geometry, images = case.geometry, fingerprint(case.images)
+    folder = workspace_folder(tmp_path, geometry, images, tiny_model_path)
+    assert folder == workspace_folder(tmp_path, geometry, images, tiny_model_path)
+    assert folder.parent == tmp_path and folder.name.startswith("case-")
+    assert folder != workspace_folder(tmp_path, geometry, images, None)
+    shifted = geometry.affine.copy()
+    shifted[0, 3] += 10.0
+    moved = dataclasses.replace(geometry, affine=shifted)
+    assert folder != workspace_folder(tmp_path, moved, images, tiny_model_path)
+    # another patient on the very same grid must not see this one's strokes
+    other = fingerprint({name: image[::-1] for name, image in case.images.items()})
+    assert folder != workspace_folder(tmp_path, geometry, other, tiny_model_path)

@@ -10,7 +10,7 @@ import pytest
 from napari_metseg import importance
 from napari_metseg.case import Case, Geometry
 from napari_metseg.errors import Cancelled, SequenceError
-from napari_metseg.importance import NONE_OFF, compare_lesions, sequence_importance
+from napari_metseg.importance import NONE_OFF, LesionChanges, compare_lesions, sequence_importance
 
 SHAPE = (8, 20, 20)
 
@@ -41,7 +41,7 @@ def fake_segment(calls):
     return segment
 
 
-def test_compare_counts_lost_and_gained_lesions():
+def test_compare_names_lost_and_gained_lesions():
     reference = np.zeros((3, 6, 6), np.int32)
     reference[0, 0:2, 0:2] = 1
     reference[2, 4:6, 4:6] = 2
@@ -49,9 +49,14 @@ def test_compare_counts_lost_and_gained_lesions():
     other[0, 1:3, 1:3] = 5  # touches lesion 1
     other[1, 3, 0] = 6  # new
     other[2, 0, 5] = 7  # new
-    assert compare_lesions(reference, other) == (1, 2)
-    assert compare_lesions(other, reference) == (2, 1)
-    assert compare_lesions(reference, reference) == (0, 0)
+    changes = compare_lesions(reference, other)
+    assert (changes.lost, changes.gained) == ((2,), (6, 7))
+    assert changes.summary() == "2 new lesions, 1 removed"
+    assert compare_lesions(other, reference) == LesionChanges(lost=(6, 7), gained=(2,))
+    assert compare_lesions(reference, reference).summary() == "0 new lesions, 0 removed"
+    one = np.zeros_like(reference)
+    one[1, 3, 0] = 1
+    assert compare_lesions(np.zeros_like(reference), one).summary() == "1 new lesion, 0 removed"
     with pytest.raises(ValueError, match="shape"):
         compare_lesions(reference, other[:2])
 

@@ -37,7 +37,9 @@ def test_reader_accepts_volumes_and_case_folders(case_folder):
 def test_case_folder_opens_as_sequences_and_truth(make_napari_viewer, case_folder):
     viewer = make_napari_viewer()
     viewer.open(str(case_folder), plugin=PLUGIN)
-    assert [layer.name for layer in viewer.layers] == [*SEQUENCES, "truth"]
+    # file names stay the layer names; the metadata says which sequence each one plays
+    assert [layer.name for layer in viewer.layers] == [f"p_{s}" for s in SEQUENCES] + ["p_seg"]
+    assert [layer.metadata["sequence"] for layer in viewer.layers] == [*SEQUENCES, None]
     source = nib.load(case_folder / "p_bravo.nii.gz")
     for layer in viewer.layers:
         geometry = layer.metadata["geometry"]
@@ -45,10 +47,10 @@ def test_case_folder_opens_as_sequences_and_truth(make_napari_viewer, case_folde
         np.testing.assert_allclose(layer.metadata["affine_ras"], geometry.affine)
         assert layer.metadata["axcodes"] == "SPL"
         assert layer.metadata["source_axcodes"] == "".join(nib.aff2axcodes(source.affine))
-    bravo = viewer.layers["bravo"]
+    bravo = viewer.layers["p_bravo"]
     assert bravo.metadata["role"] == "image" and bravo.metadata["sequence"] == "bravo"
-    assert viewer.layers["truth"].metadata["role"] == "truth"
-    assert viewer.layers["truth"].data.max() >= 1
+    assert viewer.layers["p_seg"].metadata["role"] == "truth"
+    assert viewer.layers["p_seg"].data.max() >= 1
     # voxel (i, j, k) of the file lies where napari shows its internal voxel, in LPS (z, y, x)
     corner = np.array(source.shape) - 1
     ras = source.affine @ np.append(corner, 1.0)
@@ -89,7 +91,7 @@ def test_writer_round_trip_on_the_source_grid(make_napari_viewer, case_folder, t
     viewer = make_napari_viewer()
     viewer.open(str(case_folder), plugin=PLUGIN)
     out = tmp_path / f"{name}.nii.gz"
-    viewer.layers[name].save(str(out), plugin=PLUGIN)
+    viewer.layers[{"bravo": "p_bravo", "truth": "p_seg"}[name]].save(str(out), plugin=PLUGIN)
     source = nib.load(case_folder / ("p_seg.nii.gz" if name == "truth" else "p_bravo.nii.gz"))
     written = nib.load(out)
     assert written.shape == source.shape
@@ -121,3 +123,66 @@ def test_sample_case_opens_four_sequences_and_truth(make_napari_viewer):
     geometry = viewer.layers["bravo"].metadata["geometry"]
     np.testing.assert_allclose(viewer.layers["flair"].affine.affine_matrix, geometry.napari_affine)
     assert viewer.layers["bravo"].visible and not viewer.layers["flair"].visible
+
+
+def test_world_matrix_composes_as_napari_does():
+    from napari.utils.transforms import Affine
+
+    from napari_metseg.layerdata import world_matrix
+
+    angle = np.deg2rad(20)
+    rotate = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
+    parts = {
+        "scale": [3.0, 2.0, 1.5],
+        "translate": [10.0, -4.0, 7.0],
+        "rotate": rotate,
+        "shear": [0.1, 0.0, -0.2],
+    }
+    outer = np.eye(4)
+    outer[:3, 3] = [1.0, 2.0, 3.0]
+    expected = outer @ Affine(**parts, ndim=3).affine_matrix
+    np.testing.assert_allclose(world_matrix({**parts, "affine": outer}), expected, atol=1e-12)
+
+
+def test_opening_a_volume_imports_neither_napari_nor_the_widgets(case_folder):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_metseg._napari import napari_get_reader\n"
+        f"layers = napari_get_reader({str(case_folder / 'p_bravo.nii.gz')!r})("
+        f"{str(case_folder / 'p_bravo.nii.gz')!r})\n"
+        "print(layers[0][1]['name'], layers[0][1]['metadata']['sequence'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'torch')"
+        " or m.startswith('napari_metseg.widgets')), sys.modules.get('triton', 'absent'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.split("\n")[:2] == ["p_bravo bravo", "[] absent"], result.stdout
+
+
+@pytest.mark.gui
+def test_a_nifti_opens_without_asking_for_a_reader(make_napari_viewer, case_folder):
+    """napari's built-in reader claims ``*.nii.gz`` too; once the workbench is docked (or
+    the plugin activated by a read) MetSeg is the preferred reader."""
+    from napari.errors import MultipleReaderError
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    # File > Open and drag-and-drop open with plugin=None: two readers and no preference
+    # is what made napari ask
+    with pytest.raises(MultipleReaderError):
+        viewer.open(str(case_folder / "p_flair.nii.gz"), plugin=None)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "MetSeg workbench")
+    assert get_settings().plugins.extension2reader["*.nii.gz"] == PLUGIN
+    (layer,) = viewer.open(str(case_folder / "p_flair.nii.gz"), plugin=None)
+    assert layer.name == "p_flair" and layer.metadata["sequence"] == "flair"
+    get_settings().plugins.extension2reader = {"*.nii.gz": "napari"}  # a user's own choice
+    from napari_metseg._napari import activate
+
+    activate()
+    assert get_settings().plugins.extension2reader["*.nii.gz"] == "napari"

@@ -17,7 +17,12 @@ makes it current; :meth:`Workspace.undo` goes back to the parent and
 stack, as in an editor; the versions stay on disk). A cancelled round writes
 nothing, so the previous version stays current, and the strokes were saved
 before it started. Every file is written to a temporary file beside it and
-renamed, so a crash never leaves a half-written one.
+renamed, and a version is built in a temporary folder renamed into place, so a
+crash never leaves a half-written file or version: reading ignores the leftover
+temporaries (``.*.tmp``), and the last good strokes and versions stay.
+
+Where a case's workspace lives: :func:`workspace_folder`, ``<root>/case-<hash>``
+of its grid, its images and its base model.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -36,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_metseg.case import Case
+from napari_metseg.case import Case, Geometry
 from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
 from napari_metseg.correction.samples import check_corrections, empty_corrections
 from napari_metseg.engine import Presence
@@ -49,6 +55,8 @@ from napari_metseg.progress import ProgressCallback
 logger = logging.getLogger(__name__)
 
 FORMAT = "napari-metseg-workspace/1"
+#: Environment variable naming the folder that holds the per-case workspaces.
+WORKSPACES_ENV = "METSEG_WORKSPACES"
 BASE = "base"
 STATE = "workspace.json"
 CORRECTIONS = "corrections.npz"
@@ -68,6 +76,28 @@ def file_digest(path: str | os.PathLike) -> str:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def workspace_folder(
+    root: str | os.PathLike, geometry: Geometry, images_digest: str, base_model: Path | None
+) -> Path:
+    """The workspace folder of a case: ``root/case-<hash of grid, images and base model>``.
+
+    ``images_digest`` is the :func:`~napari_metseg.case.fingerprint` of every image
+    assigned to a sequence, switched on or not, so switching one off keeps the
+    workspace. The same images with the same base model find the same folder
+    again (the corrections and versions come back); other images, even on an
+    identical grid, or another model get their own.
+    """
+    base = default_model_path() if base_model is None else Path(base_model).resolve()
+    identity = {
+        "images": images_digest,
+        "shape": [int(s) for s in geometry.shape],
+        "affine": np.round(np.asarray(geometry.affine, dtype=np.float64), 4).tolist(),
+        "base_model": str(base),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Path(root) / f"case-{digest[:12]}"
 
 
 def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -183,7 +213,7 @@ class Workspace:
     def versions(self) -> list[str]:
         """``"base"`` and every version on disk, oldest first (``v001``, ``v002``...)."""
         root = self.folder / VERSIONS
-        found = sorted(p.name for p in root.glob("v*") if (p / "version.json").exists())
+        found = sorted(p.name for p in root.glob("v[0-9]*") if (p / "version.json").exists())
         return [BASE, *found]
 
     @property
@@ -237,8 +267,8 @@ class Workspace:
                 return False
         checked = check_corrections(corrections, self.shape).copy()
         with self._lock:
-            self._corrections = checked
             _write_corrections(path, checked)
+            self._corrections = checked
         return True
 
     def version_corrections(self, version: str) -> np.ndarray:
@@ -257,10 +287,10 @@ class Workspace:
     ) -> str:
         """Store ``model`` as a new version, child of the current one, and make it current."""
         corrections = check_corrections(corrections, self.shape)
-        existing = [int(v[1:]) for v in self.versions if v != BASE]
-        version = f"v{max(existing, default=0) + 1:03d}"
-        folder = self.folder / VERSIONS / version
-        folder.mkdir(parents=True)
+        root = self.folder / VERSIONS
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name[1:]) for p in root.glob("v[0-9]*") if p.name[1:].isdigit()]
+        version = f"v{max(taken, default=0) + 1:03d}"
         parent = self.current
         record = {
             "id": version,
@@ -271,13 +301,19 @@ class Workspace:
             "n_lesion_marks": int(np.count_nonzero(corrections == 1)),
             "n_not_lesion_marks": int(np.count_nonzero(corrections == 2)),
         }
-        save_model(
-            model,
-            folder / "model",
-            {"finetune": {"case": self._state["case"], "version": version, "parent": parent}},
-        )
-        _write_corrections(folder / CORRECTIONS, corrections)
-        _write_json(folder / "version.json", record)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}.", suffix=".tmp"))
+        try:
+            save_model(
+                model,
+                staging / "model",
+                {"finetune": {"case": self._state["case"], "version": version, "parent": parent}},
+            )
+            _write_corrections(staging / CORRECTIONS, corrections)
+            _write_json(staging / "version.json", record)
+            os.replace(staging, root / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         self._state["current"] = version
         self._state["redo"] = []
         self._save_state()
@@ -322,6 +358,19 @@ class Workspace:
         self._state["current"] = self._state["redo"].pop()
         self._save_state()
         return self.current
+
+    def select(self, version: str) -> str:
+        """Make ``version`` current (the user picked it); going back to an ancestor of the
+        current version keeps the way forward on the redo stack, so Redo returns to it."""
+        self.info(version)
+        chain, step = [], self.current
+        while step not in (None, version):
+            chain.append(step)
+            step = self.info(step)["parent"]
+        self._state["redo"] = chain if step == version else []
+        self._state["current"] = version
+        self._save_state()
+        return version
 
     def export(self, version: str, path: str | os.PathLike) -> Path:
         """Write the model of ``version`` to ``path`` (a ``.safetensors`` file or a folder)."""

@@ -1,9 +1,11 @@
 """Which image layer plays which sequence, and which sequences are switched on.
 
 One row per model sequence: a layer dropdown (auto-assigned from layer
-metadata or names) and a *present* checkbox. A sequence is present when it is
-both checked and assigned; the model sees absent ones as zeros and scales the
-present ones by n / k (METHOD.md), the factor shown under the rows.
+metadata or names, :func:`~napari_metseg.layerdata.guess_sequence`) and a
+*present* checkbox, which can only be ticked while an image is assigned
+(assigning one ticks it). A sequence is present when it is both checked and
+assigned; the model sees absent ones as zeros and scales the present ones by
+n / k (METHOD.md), the factor shown under the rows.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metseg.case import SEQUENCES
-from napari_metseg.widgets.layers import guess_sequence
+from napari_metseg.layerdata import guess_sequence
+from napari_metseg.widgets.layers import same_layer
 
 if TYPE_CHECKING:
     import napari
@@ -47,6 +50,7 @@ class CasePanel(QGroupBox):
         self._checks: dict[str, QCheckBox] = {}
         self._grid = QGridLayout()
         self.factor_label = QLabel()
+        self.factor_label.setWordWrap(True)
         self.open_button = QPushButton("Open case folder...")
         self.open_button.clicked.connect(self._open_folder)
         layout = QVBoxLayout(self)
@@ -75,17 +79,18 @@ class CasePanel(QGroupBox):
         for row, sequence in enumerate(sequences):
             combo, check = QComboBox(), QCheckBox("present")
             combo.setToolTip(f"the image layer that plays {sequence}")
-            check.setChecked(previous.get(sequence, (None, True))[1])
             self._grid.addWidget(QLabel(sequence), row, 0)
             self._grid.addWidget(combo, row, 1)
             self._grid.addWidget(check, row, 2)
             self._combos[sequence], self._checks[sequence] = combo, check
-            combo.currentIndexChanged.connect(self.changed)
+            combo.currentIndexChanged.connect(lambda _, name=sequence: self._on_assigned(name))
             check.toggled.connect(self.changed)
+            check.setEnabled(False)
         self._refresh()
-        for sequence, (layer, _) in previous.items():
+        for sequence, (layer, checked) in previous.items():
             if sequence in self._combos and layer is not None:
                 self.assign(sequence, layer)
+                self.set_present(sequence, checked)
         self._auto_assign(list(self._viewer.layers))
         self.changed.emit()
 
@@ -96,7 +101,9 @@ class CasePanel(QGroupBox):
         combo.setCurrentIndex(max(index, 0))
 
     def set_present(self, sequence: str, present: bool) -> None:
-        self._checks[sequence].setChecked(present)
+        """Switch ``sequence`` on or off (only an assigned one can be on)."""
+        check = self._checks[sequence]
+        check.setChecked(present and check.isEnabled())
 
     def layer_for(self, sequence: str) -> Image | None:
         return self._combos[sequence].currentData()
@@ -121,6 +128,16 @@ class CasePanel(QGroupBox):
         """Sequences both checked and assigned, in model order."""
         return tuple(self.assignment())
 
+    def _on_assigned(self, sequence: str) -> None:
+        """A box is ticked when an image is assigned, unticked and locked when none is."""
+        check, assigned = self._checks[sequence], self.layer_for(sequence) is not None
+        if assigned != check.isEnabled():
+            check.blockSignals(True)
+            check.setEnabled(assigned)
+            check.setChecked(assigned)
+            check.blockSignals(False)
+        self.changed.emit()
+
     def _image_layers(self) -> list[Image]:
         return [layer for layer in self._viewer.layers if _is_image(layer)]
 
@@ -135,7 +152,8 @@ class CasePanel(QGroupBox):
                 combo.addItem(layer.name, layer)
             combo.setCurrentIndex(max(self._index_of(combo, current), 0))
             combo.blockSignals(False)
-        self.changed.emit()
+        for sequence in self._combos:
+            self._on_assigned(sequence)
 
     def _on_inserted(self, event) -> None:
         event.value.events.name.connect(self._refresh)
@@ -175,7 +193,7 @@ class CasePanel(QGroupBox):
         if layer is None:
             return 0
         for index in range(combo.count()):
-            if combo.itemData(index) is layer:
+            if same_layer(combo.itemData(index), layer):
                 return index
         return -1
 

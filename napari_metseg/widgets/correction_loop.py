@@ -7,15 +7,16 @@ lesion, 0 not looked at) is painted by hand or filled from the lesion table
 (:data:`AUTOSAVE_MS`, so one stroke is one write), and come back when the
 same case is segmented again, in this session or a later one.
 
+The model in use is explicit: a newly opened case runs with the base model
+(the workspace is switched back to it, its versions stay listed and Redo
+returns to the last one); the user picks a saved version in the Correct tab.
 Fine-tune runs :meth:`Workspace.finetune` and then the segmentation with the
-new version in one thread worker (progress, Cancel), updates the probability,
-lesions and table, and marks the lesions that appeared or disappeared (by
-overlap of the old and new lesion maps) in the ``lesion changes`` Points layer.
-Undo / redo switch the workspace between versions and restore their
-predictions (kept for the last few, else segmented again); the base model
-file is only ever read. A cancelled or failed round or switch leaves the
-previous version active. Where a case's workspace lives:
-:func:`~napari_metseg.widgets.correction_panel.workspace_folder`.
+new version in one worker, shows the new result through the run state and
+reports the lesions that appeared or disappeared
+(:func:`~napari_metseg.importance.compare_lesions` of the lesion maps before
+and after), ringed in the ``lesion changes`` layer. A refused, failed or
+cancelled round or switch leaves the previous version active and the strokes
+saved.
 """
 
 from __future__ import annotations
@@ -33,35 +34,28 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from napari_metseg.case import Case, Geometry
+from napari_metseg.case import Case
 from napari_metseg.correction import FinetuneConfig, FinetuneResult, Workspace
-from napari_metseg.correction.workspace import BASE, STATE
+from napari_metseg.correction.workspace import BASE, STATE, workspace_folder
 from napari_metseg.errors import MetsegError
-from napari_metseg.widgets.correction_panel import (
-    CHANGES_LAYER,
-    LesionChanges,
-    changes_layer,
-    default_workspace_root,
-    lesion_changes,
-    workspace_folder,
-)
-from napari_metseg.widgets.layers import (
-    CORRECTIONS_LAYER,
-    LESIONS_LAYER,
-    corrections_layer,
-    show_layer,
-)
+from napari_metseg.importance import LesionChanges, compare_lesions
+from napari_metseg.layerdata import CHANGES_LAYER, changes_layer, corrections_layer
+from napari_metseg.widgets.correction_panel import CorrectionPanel, default_workspace_root
+from napari_metseg.widgets.layers import find_layer, same_layer, show_layer
+from napari_metseg.widgets.run_state import RunState
 from napari_metseg.widgets.workers import run_segmentation
 
 if TYPE_CHECKING:
     import napari.layers
 
-    from napari_metseg.widgets.workbench import Workbench
-
 #: Milliseconds after the last change to the corrections layer before it is saved.
 AUTOSAVE_MS = 500
 #: Predictions (one per version and presence vector) kept in memory for undo / redo.
 PREDICTIONS_KEPT = 3
+NOTHING_MARKED = (
+    "no corrections: paint 1 (lesion) or 2 (not lesion) in the corrections layer, "
+    "or accept / reject lesions in the lesion table"
+)
 
 
 @dataclass
@@ -93,27 +87,25 @@ def finetune_and_segment(
         probability = run_segmentation(
             lambda: result.model, case, present, device, progress, cancel
         )
-    except Exception:
+    except BaseException:
         workspace.undo()
         raise
     return Round(version, probability, result)
 
 
 class CorrectionLoop(QObject):
-    """The workbench's corrections layer, workspace, fine-tuning rounds and versions."""
+    """The corrections layer, workspace, fine-tuning rounds and versions of the run state."""
 
-    def __init__(self, workbench: Workbench) -> None:
-        super().__init__(workbench)
-        self.workbench = workbench
-        self.viewer = workbench.viewer
-        self.panel = workbench.correction_panel
+    def __init__(self, state: RunState, panel: CorrectionPanel) -> None:
+        super().__init__(panel)
+        self.state = state
+        self.viewer = state.viewer
+        self.panel = panel
         self.root = default_workspace_root()
         self.folder: Path | None = None
         self.workspace: Workspace | None = None
         self.layer: napari.layers.Labels | None = None
         self.changes: LesionChanges | None = None
-        self._geometry: Geometry | None = None
-        self._base_model: Path | None = None
         self._images_digest = ""
         self._case_name = "case"
         self._layer_folder: Path | None = None
@@ -124,74 +116,53 @@ class CorrectionLoop(QObject):
         self._timer.setInterval(AUTOSAVE_MS)
         self._timer.timeout.connect(self.save)
         self.destroyed.connect(_unhooker(self._hooked))
-        self.panel.show_root(self.root)
-        self.panel.finetune_requested.connect(self.finetune)
-        self.panel.cancel_requested.connect(workbench.cancel)
-        self.panel.undo_requested.connect(self.undo)
-        self.panel.redo_requested.connect(self.redo)
-        self.panel.export_requested.connect(self._ask_and_export)
-        self.panel.layer_requested.connect(self.show_corrections)
-        self.panel.root_requested.connect(self._ask_root)
+        panel.observe_work(state)
+        panel.show_root(self.root)
+        panel.finetune_requested.connect(self.finetune)
+        panel.undo_requested.connect(self.undo)
+        panel.redo_requested.connect(self.redo)
+        panel.version_chosen.connect(self.use_version)
+        panel.export_requested.connect(self._ask_and_export)
+        panel.layer_requested.connect(self.show_corrections)
+        panel.root_requested.connect(self._ask_root)
+        state.case_opened.connect(self.open_case)
+        state.result_changed.connect(self._on_result)
 
-    def open_case(self, case: Case, images_digest: str, base_model: Path | None) -> None:
+    def open_case(self, case: Case, images_digest: str) -> None:
         """Find the workspace of ``case`` under the root (opened if it exists, else made
-        when the first stroke is saved); ``images_digest``: the fingerprint of every assigned
-        image (see :func:`workspace_folder`)."""
-        folder = workspace_folder(self.root, case.geometry, images_digest, base_model)
+        when the first stroke is saved) and use the base model for it; ``images_digest``:
+        the fingerprint of every assigned image (see :func:`workspace_folder`)."""
+        folder = workspace_folder(self.root, case.geometry, images_digest, self.state.base_model)
         if folder == self.folder:
             return
         self.save()
         self.folder, self.workspace, self._images_digest = folder, None, images_digest
-        self._geometry, self._base_model = case.geometry, base_model
         self._case_name = Path(next(iter(case.sources.values()), "") or case.name).name
         self._predictions.clear()
         if (folder / STATE).exists():
             try:
                 self.workspace = Workspace(folder, shape=case.shape)
-            except MetsegError as error:
+                if self.workspace.current != BASE:
+                    last = self.workspace.current
+                    self.workspace.select(BASE)
+                    show_info(
+                        f"opened with the base model; the case's saved versions (last: {last}) "
+                        "are listed in the Correct tab"
+                    )
+            except (MetsegError, OSError) as error:
                 show_error(f"could not open the case's workspace: {error}")
-        self.panel.show_versions(self.workspace)
-
-    def active_model(self, base_model: Path | None) -> Path | None:
-        """The model runs use: the workspace's current version, else ``base_model``."""
-        if self.workspace is None or self.workspace.current == BASE:
-            return base_model
-        return self.workspace.model_path()
-
-    def case_shown(self, present: Sequence[str], probability: np.ndarray) -> None:
-        """Keep the prediction of the current version and show the corrections layer."""
-        version = BASE if self.workspace is None else self.workspace.current
-        self._predictions[(version, tuple(present))] = probability
-        while len(self._predictions) > PREDICTIONS_KEPT:
-            self._predictions.popitem(last=False)
-        self.show_corrections()
-
-    def show_corrections(self) -> None:
-        """Add (or update) the corrections layer: the saved strokes of a newly opened case,
-        the layer's own strokes (saved) when it already shows this case."""
-        if self._geometry is None:
-            show_error("no case yet: run the segmentation first")
-            return
-        shape = self._geometry.shape
-        layer = self._find_layer()
-        if layer is not None and self._layer_folder == self.folder and layer.data.shape == shape:
-            self._watch(layer)
-            self.save()
-            return
-        if self.workspace is not None:
-            data = self.workspace.corrections
-        else:
-            data = np.zeros(shape, dtype=np.uint8)
-        self._layer_folder = self.folder
-        self._watch(show_layer(self.viewer, *corrections_layer(data, self._geometry)))
-        self._timer.stop()
+                self.workspace = None
+        self.state.set_version(BASE, None)
+        self._show_versions()
 
     def save(self) -> bool:
         """Write the layer's strokes to the workspace now (making it at the first stroke);
-        False when they could not be saved (a notification says why)."""
+        False when they could not be saved (a notification says why; the workspace keeps
+        the last good strokes)."""
         self._timer.stop()
         layer = self.layer
-        if layer is None or self._geometry is None or self._layer_folder != self.folder:
+        geometry = self.state.geometry
+        if layer is None or geometry is None or self._layer_folder != self.folder:
             return True
         data = np.asarray(layer.data)
         try:
@@ -199,58 +170,80 @@ class CorrectionLoop(QObject):
                 if not data.any():
                     return True
                 self.workspace = Workspace(
-                    self.folder, self._base_model, self._geometry.shape, self._case_name
+                    self.folder, self.state.base_model, geometry.shape, self._case_name
                 )
-                self.panel.show_versions(self.workspace)
+                self._show_versions()
             self.workspace.set_corrections(data)
         except (MetsegError, OSError) as error:
             show_error(f"corrections not saved: {error}")
             return False
         return True
 
+    def show_corrections(self) -> None:
+        """Add (or update) the corrections layer: the saved strokes of a newly opened case,
+        the layer's own strokes (saved) when it already shows this case."""
+        geometry = self.state.geometry
+        if geometry is None:
+            show_error("no case yet: run the segmentation first")
+            return
+        layer = find_layer(self.viewer, "corrections")
+        if layer is not None and self._layer_folder == self.folder:
+            self._watch(layer)
+            self.save()
+            return
+        data = np.zeros(geometry.shape, np.uint8)
+        if self.workspace is not None:
+            data = self.workspace.corrections
+        self._layer_folder = self.folder
+        self._watch(show_layer(self.viewer, *corrections_layer(data, geometry)))
+        self._timer.stop()
+
     def finetune(self) -> Any:
-        """Save the strokes, then fine-tune and segment again in a worker (None: not started)."""
-        workbench = self.workbench
-        if workbench.case is None or self.layer is None:
+        """Save the strokes, then fine-tune and segment again in the worker (None: not started)."""
+        state = self.state
+        if state.case is None or self.layer is None:
             show_error("no case yet: run the segmentation first")
             return None
-        if workbench.worker is not None:
+        if state.busy:
             show_info("MetSeg is busy: wait for the running work or cancel it")
             return None
         if not self.save():
             return None
-        if self.workspace is None or not np.asarray(self.layer.data).any():
-            show_error(
-                "no corrections: paint 1 (lesion) or 2 (not lesion) in the corrections layer, "
-                "or accept / reject lesions in the lesion table"
-            )
+        if self.workspace is None or not self.workspace.corrections.any():
+            show_error(NOTHING_MARKED)
             return None
         try:
-            config = self.panel.config(workbench.segment_panel.device())
+            config = self.panel.config(state.device)
         except ValueError as error:
             show_error(str(error))
             return None
-        before = self._lesion_map()
-        return workbench._start(
+        before = state.labels
+        return state.start(
+            self.panel.owner,
             "fine-tuning",
-            self.panel,
             f"fine-tuning {self.workspace.current} ({config.mode}, {config.iterations} steps)",
             lambda round_: self._show_round(round_, before),
             finetune_and_segment,
             self.workspace,
-            workbench.case,
-            workbench.present,
+            state.case,
+            state.present,
             config,
-            workbench.segment_panel.device(),
+            state.device,
         )
 
     def undo(self) -> Any:
         """Go back to the parent version and restore its prediction."""
-        return self._switch("undo")
+        return self._switch("undo", lambda space: space.undo())
 
     def redo(self) -> Any:
         """Go forward to the version the last undo left and restore its prediction."""
-        return self._switch("redo")
+        return self._switch("redo", lambda space: space.redo())
+
+    def use_version(self, version: str) -> Any:
+        """Make a saved version (or ``"base"``) the model in use and show its prediction."""
+        if self.workspace is not None and version == self.workspace.current:
+            return None
+        return self._switch(f"switch to {version}", lambda space: space.select(version))
 
     def export_version(self, path: str | os.PathLike) -> Path:
         """Write the current version's model to ``path`` (``.safetensors`` file or folder)."""
@@ -263,103 +256,99 @@ class CorrectionLoop(QObject):
         self.save()
         self.root = Path(root)
         self.panel.show_root(self.root)
-        workbench = self.workbench
-        if workbench.case is not None:
+        if self.state.case is not None:
             self.folder = None
-            self.open_case(workbench.case, self._images_digest, self._base_model)
+            self.open_case(self.state.case, self._images_digest)
             self.show_corrections()
 
-    def _switch(self, direction: str) -> Any:
-        workbench = self.workbench
-        if self.workspace is None or workbench.case is None:
+    def _switch(self, what: str, step: Callable[[Workspace], str]) -> Any:
+        state = self.state
+        if self.workspace is None or state.case is None:
             show_error("no model versions yet: correct and fine-tune first")
             return None
-        if workbench.worker is not None:
+        if state.busy:
             show_info("MetSeg is busy: wait for the running work or cancel it")
             return None
-        step, revert = (
-            (self.workspace.undo, self.workspace.redo)
-            if direction == "undo"
-            else (self.workspace.redo, self.workspace.undo)
-        )
+        previous = self.workspace.current
         try:
-            version = step()
+            version = step(self.workspace)
         except MetsegError as error:
             show_error(str(error))
             return None
-        self.panel.show_versions(self.workspace)
-        before = self._lesion_map()
-        key = (version, tuple(workbench.present))
+        before, key = state.labels, (version, state.present)
         if key in self._predictions:
             self._show_version(version, self._predictions[key], before)
             return None
-        path = self.active_model(self._base_model)
-        device = workbench.segment_panel.device()
-        worker = workbench._start(
-            direction,
-            self.panel,
-            f"{direction}: segmenting with {version}",
+        path = self.workspace.model_path(version) if version != BASE else state.base_model
+        worker = state.start(
+            self.panel.owner,
+            what,
+            f"{what}: segmenting with {version}",
             lambda probability: self._show_version(version, probability, before),
             run_segmentation,
-            lambda: workbench._model(path, device),
-            workbench.case,
-            workbench.present,
-            device,
+            lambda: state.model(path, state.device),
+            state.case,
+            state.present,
+            state.device,
         )
         if worker is None:
-            self._revert(revert)
+            self._back_to(previous)
         else:
-            worker.errored.connect(lambda error: self._revert(revert))
+            worker.errored.connect(lambda error: self._back_to(previous))
         return worker
 
-    def _revert(self, step: Callable[[], str]) -> None:
-        step()
-        self.panel.show_versions(self.workspace)
+    def _back_to(self, version: str) -> None:
+        self.workspace.select(version)
+        self._show_versions()
 
     def _show_round(self, round_: Round, before: np.ndarray | None) -> None:
         result = round_.result
         self._show_version(round_.version, round_.probability, before)
-        self.panel.status_label.setText(
-            f"{round_.version}: {result.mode}, {result.seconds:.1f} s, corrected-voxel loss "
-            f"{result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
+        loss = (
+            f"corrected-voxel loss {result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
             f"{result.corrected_loss_after:.3f}"
         )
+        self.panel.status_label.setText(f"{round_.version}: {result.mode}, {result.seconds:.1f} s")
+        self.panel.status_label.setToolTip(loss)
 
     def _show_version(self, version: str, probability: np.ndarray, before: np.ndarray | None):
-        workbench = self.workbench
-        workbench._show_result(workbench.case, workbench.present, probability)
-        self.panel.show_versions(self.workspace)
-        after = self._lesion_map()
+        state = self.state
+        self.changes = None
+        path = None if version == BASE else self.workspace.model_path(version)
+        state.set_version(version, path)
+        state.show_result(state.case, state.present, probability)
+        self._show_versions()
+        after = state.labels
         if before is None or after is None or before.shape != after.shape:
             return
-        self.changes = lesion_changes(before, after)
+        self.changes = compare_lesions(before, after)
         message = f"model {version}: {self.changes.summary()}"
         self.panel.changes_label.setText(message)
         self.panel.status_label.setText(f"model {version}")
         if CHANGES_LAYER in self.viewer.layers:
             self.viewer.layers.remove(CHANGES_LAYER)
-        if self.changes.appeared or self.changes.disappeared:
-            data, kwargs, _ = changes_layer(before, after, self.changes, self._geometry)
+        if self.changes.lost or self.changes.gained:
+            data, kwargs, _ = changes_layer(before, after, self.changes, state.geometry)
             self.viewer.add_points(data, **kwargs)
         show_info(message)
 
-    def _lesion_map(self) -> np.ndarray | None:
-        if LESIONS_LAYER not in self.viewer.layers:
-            return None
-        return np.array(self.viewer.layers[LESIONS_LAYER].data, copy=True)
+    def _on_result(self) -> None:
+        """Keep the prediction of the version in use and show the corrections layer."""
+        state = self.state
+        self._predictions[(state.version, state.present)] = state.probability
+        while len(self._predictions) > PREDICTIONS_KEPT:
+            self._predictions.popitem(last=False)
+        self.show_corrections()
 
-    def _find_layer(self) -> napari.layers.Labels | None:
-        if CORRECTIONS_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[CORRECTIONS_LAYER]
-            if layer.metadata.get("role") == "corrections":
-                return layer
-        return None
+    def _show_versions(self) -> None:
+        base = self.state.base_model
+        self.panel.show_versions(self.workspace, "bundled default" if base is None else base.name)
 
     def _watch(self, layer: napari.layers.Labels) -> None:
         """Autosave ``layer``'s strokes (paint: brush, fill, accept / reject; data: replaced;
         set_data: also an undo or redo, which sends nothing else, among the redraws of every
         slice change, which the workspace finds unchanged and does not write)."""
-        if layer is self.layer:
+        if same_layer(layer, self.layer):
             return
         _unhooker(self._hooked)()
         timer = self._timer

@@ -1,25 +1,19 @@
-"""The Correct tab: fine-tune settings, versions, progress; where workspaces live; what changed.
+"""The Correct tab: fine-tune settings, the model in use and the saved versions, progress.
 
 The panel only shows choices and state; :mod:`~napari_metseg.widgets.correction_loop`
-acts on its signals. A case's workspace is ``<root>/case-<hash>``, the hash of
-its grid (shape and affine), its images and base model, so the same images with
-the same model find their strokes and versions again; the root is :data:`WORKSPACES_ENV`
-if set, else ``napari-metseg/workspaces`` in the user's data folder, and the
-panel can change it. :func:`lesion_changes` compares the lesion maps before and
-after a round by overlap; :func:`changes_layer` marks the differences.
+acts on its signals. It always names the model runs use: the base model when a
+case is opened, or the saved version the user picked from the list (or made,
+undid, redid). Workspaces live under :data:`~napari_metseg.correction.workspace.WORKSPACES_ENV`
+if set, else ``napari-metseg/workspaces`` in the user's data folder; the panel
+can change the folder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from qtpy.QtCore import QStandardPaths, Signal
+from qtpy.QtCore import QStandardPaths, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -31,19 +25,10 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QVBoxLayout,
 )
-from scipy import ndimage
 
-from napari_metseg.case import Geometry
 from napari_metseg.correction import FinetuneConfig, Workspace
-from napari_metseg.model.files import default_model_path
-from napari_metseg.widgets.layers import layer_metadata
+from napari_metseg.correction.workspace import BASE, WORKSPACES_ENV
 from napari_metseg.widgets.run_controls import RunControls
-
-#: Environment variable naming the folder that holds the per-case workspaces.
-WORKSPACES_ENV = "METSEG_WORKSPACES"
-#: The Points layer marking lesions that appeared (green) or disappeared (red).
-CHANGES_LAYER = "lesion changes"
-CHANGE_COLORS = {"new": "lime", "removed": "red"}
 
 
 def default_workspace_root() -> Path:
@@ -56,89 +41,18 @@ def default_workspace_root() -> Path:
     return Path(data) / "napari-metseg" / "workspaces"
 
 
-def workspace_folder(
-    root: str | os.PathLike, geometry: Geometry, images_digest: str, base_model: Path | None
-) -> Path:
-    """The workspace folder of a case: ``root/case-<hash of grid, images and base model>``.
-
-    ``images_digest`` is the :func:`~napari_metseg.case.fingerprint` of every image
-    assigned to a sequence, switched on or not, so switching one off keeps the
-    workspace. The same images with the same base model find the same folder
-    again (the corrections and versions come back); other images, even on an
-    identical grid, or another model get their own.
-    """
-    base = default_model_path() if base_model is None else Path(base_model).resolve()
-    identity = {
-        "images": images_digest,
-        "shape": [int(s) for s in geometry.shape],
-        "affine": np.round(np.asarray(geometry.affine, dtype=np.float64), 4).tolist(),
-        "base_model": str(base),
-    }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return Path(root) / f"case-{digest[:12]}"
-
-
-@dataclass(frozen=True)
-class LesionChanges:
-    """Lesions of the new map overlapping none of the old (``appeared``, new ids) and lesions
-    of the old map overlapping none of the new (``disappeared``, old ids)."""
-
-    appeared: tuple[int, ...]
-    disappeared: tuple[int, ...]
-
-    def summary(self) -> str:
-        new, gone = len(self.appeared), len(self.disappeared)
-        return f"{new} new lesion{'s' * (new != 1)}, {gone} removed"
-
-
-def lesion_changes(before: np.ndarray, after: np.ndarray) -> LesionChanges:
-    """Compare two lesion label maps (0 background) of one grid by overlap."""
-    if before.shape != after.shape:
-        raise ValueError(f"lesion maps of shapes {before.shape} and {after.shape} do not compare")
-    overlap = (before > 0) & (after > 0)
-    appeared = np.setdiff1d(np.unique(after[after > 0]), np.unique(after[overlap]))
-    disappeared = np.setdiff1d(np.unique(before[before > 0]), np.unique(before[overlap]))
-    return LesionChanges(tuple(map(int, appeared)), tuple(map(int, disappeared)))
-
-
-def changes_layer(
-    before: np.ndarray, after: np.ndarray, changes: LesionChanges, geometry: Geometry
-) -> tuple[np.ndarray, dict[str, Any], str]:
-    """A Points layer at the centre (voxel indices) of each appeared / disappeared lesion."""
-    centres, kinds, labels = [], [], []
-    for kind, volume, ids in (
-        ("new", after, changes.appeared),
-        ("removed", before, changes.disappeared),
-    ):
-        if ids:
-            centres.extend(ndimage.center_of_mass(volume > 0, volume, list(ids)))
-            kinds.extend([kind] * len(ids))
-            labels.extend(ids)
-    kwargs = {
-        "name": CHANGES_LAYER,
-        "affine": geometry.napari_affine,
-        "metadata": layer_metadata(geometry, "lesion changes"),
-        "features": {"change": kinds, "lesion": labels},
-        "face_color": "transparent",
-        "border_color": [CHANGE_COLORS[kind] for kind in kinds],
-        "border_width": 0.2,
-        "symbol": "ring",
-        "size": 6,
-        "out_of_slice_display": True,
-    }
-    return np.asarray(centres, dtype=np.float64).reshape(-1, 3), kwargs, "points"
-
-
 class CorrectionPanel(RunControls, QGroupBox):
     """Fine-tune settings, versions and progress; emits requests the correction loop handles."""
 
     finetune_requested = Signal()
-    cancel_requested = Signal()
     undo_requested = Signal()
     redo_requested = Signal()
     export_requested = Signal()
     layer_requested = Signal()
     root_requested = Signal()
+    #: The user picked a version (``"base"`` or ``"v001"``...) in the list.
+    version_chosen = Signal(str)
+    owner = "correct"
 
     def __init__(self) -> None:
         super().__init__("Correct")
@@ -177,13 +91,20 @@ class CorrectionPanel(RunControls, QGroupBox):
         self.progress_bar = QProgressBar()
         self.status_label = QLabel("ready")
         self.status_label.setWordWrap(True)
-        self.version_label = QLabel("model: base")
+        self.version_label = QLabel()
+        self.version_label.setWordWrap(True)
+        self.version_combo = QComboBox()
+        self.version_combo.setToolTip(
+            "the model runs use: the base model, or a version saved by fine-tuning this case"
+        )
+        self.version_combo.activated.connect(
+            lambda index: self.version_chosen.emit(self.version_combo.itemData(index))
+        )
         self.changes_label = QLabel("")
         self.changes_label.setWordWrap(True)
         self._versions = (False, False, False)
         for button, signal in (
             (self.finetune_button, self.finetune_requested),
-            (self.cancel_button, self.cancel_requested),
             (self.undo_button, self.undo_requested),
             (self.redo_button, self.redo_requested),
             (self.export_button, self.export_requested),
@@ -210,13 +131,14 @@ class CorrectionPanel(RunControls, QGroupBox):
         form.addRow(run_row)
         form.addRow(self.progress_bar)
         form.addRow(self.status_label)
+        form.addRow("use model", self.version_combo)
         form.addRow(self.version_label)
         form.addRow(version_row)
         form.addRow(self.changes_label)
         layout = QVBoxLayout(self)
         layout.addWidget(self.help_label)
         layout.addLayout(form)
-        self.show_versions(None)
+        self.show_versions(None, "")
 
     def config(self, device: str) -> FinetuneConfig:
         """The settings of the next round, on ``device`` (the segment panel's choice)."""
@@ -228,21 +150,41 @@ class CorrectionPanel(RunControls, QGroupBox):
         self.root_label.setText(str(root))
         self.root_label.setToolTip(str(root))
 
-    def show_versions(self, workspace: Workspace | None) -> None:
-        """Version label and which of undo / redo / export apply."""
+    def show_versions(self, workspace: Workspace | None, base_name: str) -> None:
+        """Name the model in use (``base_name``: the base model's) and list the versions."""
+        self.version_combo.blockSignals(True)
+        self.version_combo.clear()
+        self.version_combo.addItem(f"base ({base_name})" if base_name else "base", BASE)
         if workspace is None:
-            self.version_label.setText("model: base (no corrections saved yet)")
+            self.version_label.setText(f"model in use: base ({base_name}); no versions saved yet")
             self._versions = (False, False, False)
         else:
+            for version in workspace.versions[1:]:
+                info = workspace.info(version)
+                marks = info.get("n_lesion_marks", 0) + info.get("n_not_lesion_marks", 0)
+                created = str(info.get("created", ""))[:16].replace("T", " ")
+                self.version_combo.addItem(f"{version} ({marks} marked voxels)", version)
+                self.version_combo.setItemData(
+                    self.version_combo.count() - 1,
+                    f"{version}: fine-tuned from {info.get('parent')} on {created}",
+                    Qt.ItemDataRole.ToolTipRole,
+                )
+            self.version_combo.setCurrentIndex(self.version_combo.findData(workspace.current))
             count = len(workspace.versions) - 1
+            name = (
+                "base" if workspace.current == BASE else f"fine-tuned version {workspace.current}"
+            )
             self.version_label.setText(
-                f"model: {workspace.current} ({count} fine-tuned version{'s' * (count != 1)})"
+                f"model in use: {name}; {count} saved version{'s' * (count != 1)} "
+                "(pick one above to use it)"
             )
             self._versions = (workspace.can_undo, workspace.can_redo, True)
+        self.version_combo.blockSignals(False)
         self._apply_versions()
 
-    def set_running(self, running: bool) -> None:
-        super().set_running(running)
+    def set_running(self, running: bool, own: bool = True) -> None:
+        super().set_running(running, own)
+        self.version_combo.setEnabled(not running)
         if not running:
             self._apply_versions()
 

@@ -1,21 +1,24 @@
-"""Saliency and sequence importance: requests, progress and their results.
+"""The Explain tab: gradient saliency of a lesion or slice, censor-one-out importance.
 
-The panel only shows choices and results; the workbench runs the work. The
-saliency aggregates (sum of |dL/dX| per sequence and per slice offset,
-METHOD.md) are drawn as bars on an embedded matplotlib canvas; the
-censor-one-out comparison (:func:`napari_metseg.importance.sequence_importance`)
+The panel observes the run state: its target is the lesion shown alone in the
+``lesions`` layer (selected in the lesion table), else the current slice;
+Saliency and Sequence importance run on the state's case, presence and model in
+its worker. Saliency adds one overlay per present sequence (transparent at
+zero) and the aggregates as bars (:mod:`~napari_metseg.widgets.saliency_bars`);
+the censor-one-out comparison (:func:`napari_metseg.importance.sequence_importance`)
 fills a small table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
-from qtpy.QtCore import Qt, Signal
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
@@ -23,15 +26,20 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_metseg.importance import NONE_OFF
+from napari_metseg.case import Case
+from napari_metseg.importance import NONE_OFF, sequence_importance
+from napari_metseg.layerdata import saliency_layers
+from napari_metseg.progress import ProgressCallback
+from napari_metseg.saliency import SaliencyResult, compute_saliency
+from napari_metseg.widgets.layers import find_layer, show_layer
 from napari_metseg.widgets.run_controls import RunControls
+from napari_metseg.widgets.run_state import RunState
+from napari_metseg.widgets.saliency_bars import AggregateCanvas
 
 #: Headers of the importance table and the columns of its frame.
 _IMPORTANCE_COLUMNS = (
@@ -43,53 +51,16 @@ _IMPORTANCE_COLUMNS = (
 )
 
 
-class AggregateCanvas(FigureCanvasQTAgg):
-    """Two bar charts: saliency share per sequence and per slice offset."""
-
-    def __init__(self) -> None:
-        self.figure = Figure(figsize=(3.2, 1.9), dpi=100, layout="constrained")
-        super().__init__(self.figure)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(190)
-        self.sequence_axes, self.offset_axes = self.figure.subplots(1, 2)
-        self.show_aggregates({}, {})
-
-    def show_aggregates(
-        self, per_sequence: Mapping[str, float], per_offset: Mapping[int, float]
-    ) -> None:
-        """Bars of each aggregate as a share of the total saliency."""
-        total = float(sum(per_sequence.values())) or 1.0
-        for axes, values, title in (
-            (self.sequence_axes, {k: v / total for k, v in per_sequence.items()}, "per sequence"),
-            (
-                self.offset_axes,
-                {f"{k:+d}": v / total for k, v in per_offset.items()},
-                "per slice offset",
-            ),
-        ):
-            axes.clear()
-            axes.set_title(title, fontsize=8)
-            axes.tick_params(labelsize=7)
-            if values:
-                axes.bar(list(values), list(values.values()), color="tab:orange")
-                axes.set_ylim(0, max(values.values()) * 1.15 or 1.0)
-            else:
-                axes.text(0.5, 0.5, "no saliency yet", ha="center", va="center", fontsize=7)
-                axes.set_xticks([])
-            axes.set_yticks([])
-        self.sequence_axes.tick_params(axis="x", labelrotation=30)
-        self.draw()
-
-
 class ExplainPanel(RunControls, QGroupBox):
     """Saliency of a lesion or slice, and censor-one-out sequence importance."""
 
-    saliency_requested = Signal()
-    importance_requested = Signal()
-    cancel_requested = Signal()
+    owner = "explain"
 
-    def __init__(self) -> None:
+    def __init__(self, state: RunState) -> None:
         super().__init__("Explain")
+        self.state = state
+        self.saliency: SaliencyResult | None = None
+        self.importance: pd.DataFrame | None = None
         self.target_label = QLabel("target: run the segmentation first")
         self.target_label.setWordWrap(True)
         self.saliency_button = QPushButton("Saliency")
@@ -104,9 +75,8 @@ class ExplainPanel(RunControls, QGroupBox):
         )
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        self.saliency_button.clicked.connect(self.saliency_requested)
-        self.importance_button.clicked.connect(self.importance_requested)
-        self.cancel_button.clicked.connect(self.cancel_requested)
+        self.saliency_button.clicked.connect(self.explain)
+        self.importance_button.clicked.connect(self.rank_sequences)
         self.progress_bar = QProgressBar()
         self.status_label = QLabel("ready")
         self.status_label.setWordWrap(True)
@@ -133,9 +103,78 @@ class ExplainPanel(RunControls, QGroupBox):
         layout.addWidget(self.canvas)
         layout.addWidget(QLabel("censor-one-out: lesions against the run with all on"))
         layout.addWidget(self.importance_table)
+        self.observe_work(state)
+        state.lesions_changed.connect(self._watch_lesions)
+        state.viewer.dims.events.current_step.connect(self.show_target)
+
+    def target(self) -> tuple[int, int]:
+        """``(lesion, slice)``: the lesion shown alone (0: none) and the current slice."""
+        layer = find_layer(self.state.viewer, "lesions")
+        if layer is None:
+            return 0, 0
+        lesion = int(layer.selected_label) if layer.show_selected_label else 0
+        index = layer.world_to_data(self.state.viewer.dims.point)
+        return lesion, int(np.clip(round(index[0]), 0, layer.data.shape[0] - 1))
+
+    def show_target(self, event=None) -> None:
+        if self.state.probability is None:
+            return
+        lesion, slice_index = self.target()
+        self.target_label.setText(
+            f"target: lesion {lesion} (selected in the lesion table)"
+            if lesion
+            else f"target: slice {slice_index} (select a lesion in the table to explain it)"
+        )
+
+    def explain(self) -> Any:
+        """Gradient saliency of the selected lesion (else the current slice), in the worker."""
+        state = self.state
+        if state.case is None or state.labels is None:
+            show_error("no segmentation to explain yet: run the segmentation first")
+            return None
+        lesion, slice_index = self.target()
+        mask = state.labels == lesion if lesion else None
+        what = f"lesion {lesion}" if lesion else f"slice {slice_index}"
+        return state.start(
+            self.owner,
+            "saliency",
+            f"saliency of {what}",
+            self._show_saliency,
+            _saliency,
+            state.model,
+            state.model_path(),
+            state.device,
+            state.case,
+            state.present,
+            mask,
+            slice_index,
+        )
+
+    def rank_sequences(self) -> Any:
+        """Censor-one-out sequence importance of the last segmented case, in the worker."""
+        state = self.state
+        if state.case is None or state.probability is None:
+            show_error("no segmentation yet: run the segmentation first")
+            return None
+        return state.start(
+            self.owner,
+            "sequence importance",
+            f"switching each of {', '.join(state.present)} off in turn",
+            self.show_importance,
+            _importance,
+            state.model,
+            state.model_path(),
+            state.device,
+            state.case,
+            state.present,
+            state.probability,
+            state.threshold,
+            state.min_volume_mm3,
+        )
 
     def show_importance(self, frame: pd.DataFrame) -> None:
         """Fill the table from :func:`~napari_metseg.importance.sequence_importance`'s rows."""
+        self.importance = frame
         self.importance_table.setRowCount(len(frame))
         for row, record in enumerate(frame.itertuples(index=False)):
             values = record._asdict()
@@ -143,6 +182,54 @@ class ExplainPanel(RunControls, QGroupBox):
                 item = QTableWidgetItem(_cell(key, values[key]))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.importance_table.setItem(row, column, item)
+        self.status_label.setText("sequence importance done")
+
+    def _show_saliency(self, result: SaliencyResult) -> None:
+        self.saliency = result
+        for data, kwargs, layer_type in saliency_layers(result.maps, self.state.geometry):
+            show_layer(self.state.viewer, data, kwargs, layer_type)
+        self.canvas.show_aggregates(result.per_sequence, result.per_offset)
+        self.status_label.setText("saliency done")
+
+    def _watch_lesions(self) -> None:
+        layer = find_layer(self.state.viewer, "lesions")
+        if layer is not None:
+            layer.events.show_selected_label.connect(self.show_target)
+            layer.events.selected_label.connect(self.show_target)
+        self.show_target()
+
+
+def _saliency(
+    model, path: Path | None, device: str, case: Case, present, mask, slice_index: int,
+    progress: ProgressCallback, cancel: threading.Event,
+) -> SaliencyResult:  # fmt: skip
+    return compute_saliency(
+        case,
+        model(path, device),
+        present=present,
+        mask=mask,
+        slice_index=slice_index,
+        device=device,
+        progress=progress,
+        cancel=cancel,
+    )
+
+
+def _importance(
+    model, path: Path | None, device: str, case: Case, present, baseline, threshold: float,
+    min_volume_mm3: float, progress: ProgressCallback, cancel: threading.Event,
+) -> pd.DataFrame:  # fmt: skip
+    return sequence_importance(
+        case,
+        model(path, device),
+        present=present,
+        threshold=threshold,
+        min_volume_mm3=min_volume_mm3,
+        device=device,
+        baseline=baseline,
+        progress=progress,
+        cancel=cancel,
+    )
 
 
 def _cell(key: str, value) -> str:
@@ -151,13 +238,3 @@ def _cell(key: str, value) -> str:
     if key == "confidence_change":
         return "\N{EN DASH}" if not np.isfinite(value) else f"{value:+.3f}"
     return str(int(value))
-
-
-def explain_page(panel: ExplainPanel) -> QWidget:
-    """The panel on a page of its own, pushed to the top."""
-    page = QWidget()
-    layout = QVBoxLayout(page)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(panel)
-    layout.addStretch(1)
-    return page

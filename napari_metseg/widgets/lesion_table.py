@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import (
     QAbstractTableModel,
@@ -47,7 +47,8 @@ from qtpy.QtWidgets import (
 from napari_metseg.correction import LESION, NOT_LESION
 from napari_metseg.errors import MetsegError
 from napari_metseg.io import write_volume
-from napari_metseg.widgets.layers import CORRECTIONS_LAYER, layer_volume
+from napari_metseg.layerdata import CORRECTIONS_LAYER
+from napari_metseg.widgets.layers import find_layer, layer_volume, same_layer
 
 if TYPE_CHECKING:
     import napari
@@ -58,6 +59,8 @@ logger = logging.getLogger(__name__)
 MARK_KEYS = {Qt.Key.Key_A: LESION, Qt.Key.Key_R: NOT_LESION}
 #: The role under which the table model gives raw values (numbers sort as numbers).
 SORT_ROLE = Qt.ItemDataRole.UserRole
+#: Rows the dock keeps in view at least (it asks for one more when docked).
+MIN_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,9 @@ class LesionTablePanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.view.setMinimumHeight(self._rows_height(MIN_ROWS))
         self.view.selectionModel().selectionChanged.connect(self._on_selection)
         self.summary_label = QLabel()
         self.show_all_button = QPushButton("Show all")
@@ -217,6 +222,19 @@ class LesionTablePanel(QWidget):
         self.destroyed.connect(_disconnector(napari_viewer, self._find_layer, self._refresh))
         self._find_layer()
 
+    def preferred_height(self) -> int:
+        """Pixels the dock needs to show :data:`MIN_ROWS` + 1 rows with its buttons."""
+        return self._rows_height(MIN_ROWS + 1) + 3 * self.summary_label.sizeHint().height() + 40
+
+    def visible_rows(self) -> int:
+        """Whole rows the table shows at its present size."""
+        row = self.view.verticalHeader().defaultSectionSize()
+        return max(0, self.view.viewport().height() // row)
+
+    def _rows_height(self, rows: int) -> int:
+        header = self.view.horizontalHeader().sizeHint().height()
+        return header + rows * self.view.verticalHeader().defaultSectionSize() + 4
+
     def table(self) -> pd.DataFrame:
         """The lesion table shown (the lesions layer's features, without napari's index)."""
         return self.model.frame.drop(columns="index", errors="ignore")
@@ -243,7 +261,7 @@ class LesionTablePanel(QWidget):
         try:
             if label is None or self.layer is None:
                 raise MetsegError("select a lesion in the table first")
-            corrections = self._result_layer(Labels, "corrections")
+            corrections = self._result_layer("labels", "corrections")
             where = np.nonzero(np.asarray(self.layer.data) == label)
             if np.asarray(corrections.data).shape != np.asarray(self.layer.data).shape:
                 raise MetsegError(
@@ -272,17 +290,17 @@ class LesionTablePanel(QWidget):
 
     def export_mask(self, path: str | Path) -> None:
         """Write the lesion ids (0 background) as NIfTI on the reference file's grid."""
-        data, geometry = layer_volume(self._result_layer(Labels, "lesions"))
+        data, geometry = layer_volume(self._result_layer("labels", "lesions"))
         write_volume(path, data, geometry, kind="mask")
 
     def export_probability(self, path: str | Path) -> None:
         """Write the lesion probability as float NIfTI on the reference file's grid."""
-        data, geometry = layer_volume(self._result_layer(Image, "probability"))
+        data, geometry = layer_volume(self._result_layer("image", "probability"))
         write_volume(path, data, geometry, kind="image")
 
     def export_table(self, path: str | Path) -> None:
         """Write the lesion table (sizes in mm / mm^3, positions in RAS+ mm) as CSV."""
-        self._result_layer(Labels, "lesions")
+        self._result_layer("labels", "lesions")
         self.table().to_csv(path, index=False)
 
     def export_screenshot(self, path: str | Path) -> None:
@@ -315,22 +333,15 @@ class LesionTablePanel(QWidget):
             return
         show_info(f"wrote {path}")
 
-    def _result_layer(self, layer_type: type, role: str) -> Any:
-        for layer in self.viewer.layers:
-            if isinstance(layer, layer_type) and layer.metadata.get("role") == role:
-                return layer
+    def _result_layer(self, layer_type: str, role: str) -> Any:
+        layer = find_layer(self.viewer, role, layer_type)
+        if layer is not None:
+            return layer
         raise MetsegError(f"there is no {role} layer yet: run the segmentation first")
 
     def _find_layer(self, event=None) -> None:
-        found = next(
-            (
-                layer
-                for layer in self.viewer.layers
-                if isinstance(layer, Labels) and layer.metadata.get("role") == "lesions"
-            ),
-            None,
-        )
-        if found is self.layer:
+        found = find_layer(self.viewer, "lesions")
+        if same_layer(found, self.layer):
             return
         if self.layer is not None:
             self.layer.events.features.disconnect(self._refresh)

@@ -2,26 +2,52 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+if TYPE_CHECKING:
+    from napari_metseg.widgets.run_state import RunState
 
 
 class RunControls:
     """Mixin for a panel with ``progress_bar``, ``status_label``, ``cancel_button``
-    and the buttons that start work (``action_buttons``)."""
+    and the buttons that start work (``action_buttons``), showing the run state's
+    reports about the work it owns (``owner``)."""
 
     progress_bar: QProgressBar
     status_label: QLabel
     cancel_button: QPushButton
     action_buttons: tuple[QPushButton, ...]
+    owner: str
 
-    def set_running(self, running: bool) -> None:
+    def observe_work(self, state: RunState) -> None:
+        """Show ``state``'s progress, status and running state of this panel's work; any
+        work running disables the action buttons (one piece of work at a time)."""
+        state.busy_changed.connect(self._on_busy)
+        state.progressed.connect(self._on_progress)
+        state.status.connect(self._on_status)
+        self.cancel_button.clicked.connect(state.cancel)
+
+    def set_running(self, running: bool, own: bool = True) -> None:
         for button in self.action_buttons:
             button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if running:
+        self.cancel_button.setEnabled(running and own)
+        if running and own:
             self.progress_bar.setRange(0, 0)
+        elif not running and self.progress_bar.maximum() == 0:
+            self.progress_bar.setRange(0, 1)
 
-    def show_progress(self, done: int, total: int, message: str) -> None:
+    def _on_busy(self, owner: str, running: bool) -> None:
+        self.set_running(running, owner == self.owner)
+
+    def _on_progress(self, owner: str, done: int, total: int, message: str) -> None:
+        if owner != self.owner:
+            return
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(min(done, max(total, 1)))
         self.status_label.setText(message)
+
+    def _on_status(self, owner: str, text: str) -> None:
+        if owner == self.owner:
+            self.status_label.setText(text)

@@ -1,7 +1,7 @@
 """Model, device, run / cancel, progress, and the lesion threshold controls.
 
 The panel only holds choices and shows state; the workbench acts on its
-signals. Threshold and minimum volume re-derive lesions from the stored
+signals and the run state reports progress (:meth:`RunControls.observe_work`). Threshold and minimum volume re-derive lesions from the stored
 probability, without running the network again.
 """
 
@@ -37,8 +37,8 @@ class SegmentPanel(RunControls, QGroupBox):
 
     run_requested = Signal()
     model_changed = Signal()
-    cancel_requested = Signal()
     lesion_settings_changed = Signal()
+    owner = "segment"
 
     def __init__(self) -> None:
         super().__init__("Segment")
@@ -55,7 +55,6 @@ class SegmentPanel(RunControls, QGroupBox):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.run_button.clicked.connect(self.run_requested)
-        self.cancel_button.clicked.connect(self.cancel_requested)
         self.progress_bar = QProgressBar()
         self.status_label = QLabel("ready")
         self.status_label.setWordWrap(True)

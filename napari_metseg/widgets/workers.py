@@ -1,10 +1,10 @@
 """Running the core's long work off the GUI thread.
 
-:func:`background` wraps any core function (segmentation, saliency,
-sequence importance) in a napari thread worker. Progress travels from the
-worker thread through a Qt signal (queued to the GUI thread); cancellation
-through a ``threading.Event`` the core checks; ``idle`` is set when the
-function has returned or raised, so closing the viewer can wait for it.
+:func:`background` wraps any core function (segmentation, fine-tuning,
+saliency, sequence importance) in a napari thread worker; ``idle`` is set when
+the function has returned or raised, so closing the viewer can wait for it.
+Progress and cancellation are the core's own: a plain callable and a
+``threading.Event``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,9 @@ from typing import Any
 
 import numpy as np
 from napari.qt.threading import FunctionWorker, create_worker
-from qtpy.QtCore import QObject, Signal
 
 from napari_metseg.case import Case
 from napari_metseg.engine import segment
-
-
-class ProgressRelay(QObject):
-    """Carries ``progress(done, total, message)`` calls from a worker to the GUI thread."""
-
-    progressed = Signal(int, int, str)
-
-    def report(self, done: int, total: int, message: str) -> None:
-        self.progressed.emit(int(done), int(total), str(message))
 
 
 def run_segmentation(

@@ -19,7 +19,8 @@ def tiny_case():
 
 
 class FakeSegment:
-    """Stands in for ``engine.segment``: records each call, returns ``probability``.
+    """Stands in for ``engine.segment``: records each call, returns ``probability`` (or
+    ``probability(present)`` when it is a function of the presence vector).
 
     With ``block=True`` it waits for the cancel event and raises as the engine
     does; ``error`` is raised instead of returning.
@@ -44,6 +45,8 @@ class FakeSegment:
             raise self.error
         if progress is not None:
             progress(1, 1, "done")
+        if callable(self.probability):
+            return self.probability(tuple(present))
         if self.probability is not None:
             return self.probability
         return np.zeros(case.shape, dtype=np.float32)
@@ -52,18 +55,18 @@ class FakeSegment:
 @pytest.fixture
 def fake_engine(monkeypatch):
     """Replace the network: model loading returns a token, segment a FakeSegment."""
-    from napari_metseg.widgets import workbench, workers
+    from napari_metseg.widgets import run_state, workers
 
     fake = FakeSegment()
     monkeypatch.setattr(workers, "segment", fake)
-    monkeypatch.setattr(workbench, "load_model", lambda path, device="cpu": "model")
+    monkeypatch.setattr(run_state, "load_model", lambda path, device="cpu": "model")
     return fake
 
 
 @pytest.fixture(autouse=True)
 def workspace_root(tmp_path, monkeypatch):
     """Correction workspaces of widget tests go to a temporary folder, never the user's."""
-    from napari_metseg.widgets.correction_panel import WORKSPACES_ENV
+    from napari_metseg.correction.workspace import WORKSPACES_ENV
 
     root = tmp_path / "workspaces"
     monkeypatch.setenv(WORKSPACES_ENV, str(root))
@@ -73,21 +76,47 @@ def workspace_root(tmp_path, monkeypatch):
 @pytest.fixture
 def notifications(monkeypatch):
     """The messages the workbench and the correction loop would show, by kind."""
-    from napari_metseg.widgets import correction_loop, workbench
+    from napari_metseg.widgets import correction_loop, explain_panel, run_state, workbench
 
     shown = {"error": [], "info": []}
-    for module in (workbench, correction_loop):
-        monkeypatch.setattr(module, "show_error", shown["error"].append)
-        monkeypatch.setattr(module, "show_info", shown["info"].append)
+    for module in (workbench, correction_loop, run_state, explain_panel):
+        for kind in ("error", "info"):
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(module, f"show_{kind}", shown[kind].append)
     return shown
 
 
 @pytest.fixture
 def viewer_with_case(make_napari_viewer, tiny_case):
     """A napari viewer showing the tiny case's layers, as the reader would add them."""
-    from napari_metseg.widgets.layers import case_layers
+    from napari_metseg.layerdata import case_layers
 
     viewer = make_napari_viewer()
     for data, kwargs, layer_type in case_layers(tiny_case):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     return viewer
+
+
+@pytest.fixture
+def dock():
+    """Dock the workbench as the Plugins menu does (napari hands it a proxy of the viewer)."""
+
+    def dock_workbench(viewer):
+        _, widget = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+        return widget
+
+    return dock_workbench
+
+
+@pytest.fixture
+def layer_counts():
+    """How many layers of each result role a viewer holds (each must be 0 or 1)."""
+
+    def count(viewer) -> dict[str, int]:
+        roles = ("probability", "lesions", "corrections", "lesion changes")
+        return {
+            role: sum(layer.metadata.get("role") == role for layer in viewer.layers)
+            for role in roles
+        }
+
+    return count

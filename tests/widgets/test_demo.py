@@ -31,9 +31,9 @@ def fake_network(monkeypatch):
     def load_model(path=None, device="cpu"):
         return "model"
 
-    from napari_metseg.widgets import workbench, workers
+    from napari_metseg.widgets import run_state, workers
 
-    for module in (model, workbench):
+    for module in (model, run_state):
         monkeypatch.setattr(module, "load_model", load_model)
     monkeypatch.setattr(workers, "segment", segment)
     return calls
@@ -90,11 +90,13 @@ def test_demo_opens_the_case_docks_the_workbench_and_runs(
     assert main(["demo", "--model", str(tmp_path / "tiny.safetensors"), "--spacing", "4"]) == 0
     (viewer,) = viewers
     qtbot.waitUntil(lambda: "lesions" in viewer.layers, timeout=60_000)
-    assert [layer.name for layer in viewer.layers][:4] == [
+    assert [layer.metadata["sequence"] for layer in viewer.layers][:4] == [
         "bravo",
         "cube_pre",
         "cube_post",
         "flair",
     ]
+    roles = [layer.metadata.get("role") for layer in viewer.layers]
+    assert [roles.count(r) for r in ("probability", "lesions", "corrections")] == [1, 1, 1]
     assert "probability" in viewer.layers
     assert "MetSeg workbench" in " ".join(viewer.window.dock_widgets)

@@ -8,14 +8,9 @@ import pandas as pd
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_metseg.layerdata import LESIONS_LAYER, lesions_layer, probability_layer
 from napari_metseg.lesions import lesion_table
 from napari_metseg.widgets import lesion_table as lesion_table_module
-from napari_metseg.widgets.layers import (
-    LESIONS_LAYER,
-    labels_layer,
-    lesion_features,
-    probability_layer_kwargs,
-)
 from napari_metseg.widgets.lesion_table import LesionTablePanel
 
 pytestmark = pytest.mark.gui
@@ -35,10 +30,11 @@ def results(make_napari_viewer, tiny_case):
     viewer = make_napari_viewer()
     geometry = tiny_case.geometry
     probability = _blobs(tiny_case.shape)
-    viewer.add_image(probability, **probability_layer_kwargs(geometry))
+    data, kwargs, _ = probability_layer(probability, geometry)
+    viewer.add_image(data, **kwargs)
     table, labels = lesion_table(probability, geometry)
-    data, kwargs, _ = labels_layer(labels, geometry, LESIONS_LAYER, "lesions")
-    viewer.add_labels(data, features=lesion_features(table), **kwargs)
+    data, kwargs, _ = lesions_layer(labels, table, geometry)
+    viewer.add_labels(data, **kwargs)
     return viewer, table
 
 
@@ -93,11 +89,12 @@ def test_selecting_a_row_moves_the_viewer_to_the_lesion(results):
     assert not layer.show_selected_label
 
 
-def test_the_table_follows_the_layers_features(results):
+def test_the_table_follows_the_layers_features(results, tiny_case):
     viewer, _ = results
     panel = _docked(viewer)
     layer = viewer.layers[LESIONS_LAYER]
-    layer.features = lesion_features(lesion_table(_blobs(layer.data.shape), (4.0,) * 3, 0.6)[0])
+    table, labels = lesion_table(_blobs(layer.data.shape), (4.0,) * 3, 0.6)
+    layer.features = lesions_layer(labels, table, tiny_case.geometry)[1]["features"]
     assert _shown_labels(panel) == [1]
     viewer.layers.remove(layer)
     assert panel.proxy.rowCount() == 0

@@ -1,4 +1,8 @@
-"""The workbench dock widget driven in a real napari viewer (run under xvfb-run)."""
+"""The workbench docked as the Plugins menu docks it, in a real napari viewer (xvfb-run).
+
+napari hands a docked widget a proxy of the viewer; every test docks through
+``viewer.window.add_plugin_dock_widget`` so the widgets see what a user's do.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from qtpy.QtCore import Qt
 
 from napari_metseg.case import SEQUENCES
 from napari_metseg.errors import SequenceError
+from napari_metseg.layerdata import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
 from napari_metseg.saliency import SaliencyResult
+from napari_metseg.widgets import explain_panel as explain_module
 from napari_metseg.widgets import workbench as workbench_module
-from napari_metseg.widgets.layers import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
 from napari_metseg.widgets.workbench import LESION_TABLE_WIDGET, Workbench
 
 pytestmark = pytest.mark.gui
@@ -19,7 +24,7 @@ TIMEOUT_MS = 60_000
 
 def _run_and_wait(qtbot, widget):
     qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
 
 
 def _two_blobs(shape):
@@ -37,9 +42,9 @@ def test_widget_builds_from_the_manifest(make_napari_viewer):
     assert widget.case_panel.sequences == SEQUENCES
 
 
-def test_layers_are_assigned_by_metadata_and_name(make_napari_viewer, tiny_case):
+def test_layers_are_assigned_by_metadata_and_name(make_napari_viewer, tiny_case, dock):
     viewer = make_napari_viewer()
-    widget = Workbench(viewer)
+    widget = dock(viewer)
     viewer.add_image(tiny_case.images["flair"], name="patient 12 FLAIR")
     for data, kwargs, _ in case_layers(tiny_case)[:2]:
         viewer.add_image(data, **kwargs)
@@ -55,8 +60,8 @@ def test_layers_are_assigned_by_metadata_and_name(make_napari_viewer, tiny_case)
     assert "n/k = 2" in panel.factor_label.text()
 
 
-def test_presence_vector_reaches_the_engine(qtbot, viewer_with_case, fake_engine):
-    widget = Workbench(viewer_with_case)
+def test_presence_vector_reaches_the_engine(qtbot, viewer_with_case, fake_engine, dock):
+    widget = dock(viewer_with_case)
     widget.case_panel.set_present("cube_pre", False)
     assert "n/k = 4/3" in widget.case_panel.factor_label.text()
     _run_and_wait(qtbot, widget)
@@ -73,10 +78,10 @@ def test_presence_vector_reaches_the_engine(qtbot, viewer_with_case, fake_engine
 
 
 def test_results_have_the_reference_affine_and_a_table(
-    qtbot, viewer_with_case, fake_engine, tiny_case
+    qtbot, viewer_with_case, fake_engine, tiny_case, dock
 ):
     fake_engine.probability = _two_blobs(tiny_case.shape)
-    widget = Workbench(viewer_with_case)
+    widget = dock(viewer_with_case)
     _run_and_wait(qtbot, widget)
     probability = viewer_with_case.layers[PROBABILITY_LAYER]
     lesions = viewer_with_case.layers[LESIONS_LAYER]
@@ -85,16 +90,16 @@ def test_results_have_the_reference_affine_and_a_table(
     np.testing.assert_allclose(lesions.affine.affine_matrix, expected)
     assert probability.colormap.name == "inferno"
     assert probability.blending == "additive"
-    assert len(widget.table) == 2
+    assert len(widget.state.table) == 2
     assert sorted(lesions.features["index"]) == sorted(np.unique(lesions.data[lesions.data > 0]))
     assert "2 lesions" in widget.segment_panel.summary_label.text()
 
 
 def test_threshold_changes_the_mask_without_running_again(
-    qtbot, viewer_with_case, fake_engine, tiny_case
+    qtbot, viewer_with_case, fake_engine, tiny_case, dock
 ):
     fake_engine.probability = _two_blobs(tiny_case.shape)
-    widget = Workbench(viewer_with_case)
+    widget = dock(viewer_with_case)
     _run_and_wait(qtbot, widget)
     lesions = viewer_with_case.layers[LESIONS_LAYER]
     assert len(np.unique(lesions.data)) == 3
@@ -108,40 +113,42 @@ def test_threshold_changes_the_mask_without_running_again(
     assert len(viewer_with_case.layers) == 8  # 4 images, truth, probability, lesions, corrections
 
 
-def test_no_sequence_on_is_a_notification(qtbot, make_napari_viewer, fake_engine, notifications):
-    widget = Workbench(make_napari_viewer())
+def test_no_sequence_on_is_a_notification(
+    qtbot, make_napari_viewer, fake_engine, notifications, dock
+):
+    widget = dock(make_napari_viewer())
     qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
-    assert widget.worker is None
+    assert widget.state.worker is None
     assert fake_engine.calls == []
     assert "no sequence is switched on" in notifications["error"][0]
 
 
-def test_engine_errors_are_notifications(qtbot, viewer_with_case, fake_engine, notifications):
+def test_engine_errors_are_notifications(qtbot, viewer_with_case, fake_engine, notifications, dock):
     fake_engine.error = SequenceError("the model has no sequence called 'dwi'")
-    widget = Workbench(viewer_with_case)
+    widget = dock(viewer_with_case)
     _run_and_wait(qtbot, widget)
     assert notifications["error"] == ["the model has no sequence called 'dwi'"]
     assert PROBABILITY_LAYER not in viewer_with_case.layers
     assert widget.segment_panel.run_button.isEnabled()
 
 
-def test_cancel_stops_the_run(qtbot, viewer_with_case, fake_engine, notifications):
+def test_cancel_stops_the_run(qtbot, viewer_with_case, fake_engine, notifications, dock):
     fake_engine.block = True
-    widget = Workbench(viewer_with_case)
+    widget = dock(viewer_with_case)
     qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
     assert fake_engine.started.wait(10)
     assert widget.segment_panel.cancel_button.isEnabled()
     qtbot.mouseClick(widget.segment_panel.cancel_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
     assert notifications["info"] == ["segmentation cancelled"]
     assert PROBABILITY_LAYER not in viewer_with_case.layers
 
 
 @pytest.fixture
-def segmented(qtbot, viewer_with_case, fake_engine, tiny_case):
+def segmented(qtbot, viewer_with_case, fake_engine, tiny_case, dock):
     """A workbench that has segmented the tiny case (two blobs) with bravo switched off."""
     fake_engine.probability = _two_blobs(tiny_case.shape)
-    _, widget = viewer_with_case.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
+    widget = dock(viewer_with_case)
     widget.case_panel.set_present("bravo", False)
     _run_and_wait(qtbot, widget)
     return widget
@@ -162,20 +169,28 @@ def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
         maps = {s: np.full(case.shape, i + 1.0, np.float32) for i, s in enumerate(present)}
         return SaliencyResult(maps, {s: i + 1.0 for i, s in enumerate(present)}, {0: 1.0})
 
-    monkeypatch.setattr(workbench_module, "compute_saliency", fake_saliency)
+    monkeypatch.setattr(explain_module, "compute_saliency", fake_saliency)
     viewer = segmented.viewer
     segmented.lesion_table.select_lesion(2)
     assert "lesion 2" in segmented.explain_panel.target_label.text()
     qtbot.mouseClick(segmented.explain_panel.saliency_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: segmented.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: segmented.state.worker is None, timeout=TIMEOUT_MS)
     (call,) = calls
+    overlay = viewer.layers["saliency cube_pre"]
+    assert overlay.colormap.map(np.array([0.0]))[0][3] == 0  # zero saliency: transparent
+    assert overlay.colormap.map(np.array([1.0]))[0][3] == 1
     assert call["present"] == ("cube_pre", "cube_post", "flair")
     np.testing.assert_array_equal(call["mask"], viewer.layers[LESIONS_LAYER].data == 2)
     names = [f"saliency {s}" for s in call["present"]]
     assert [viewer.layers[n].visible for n in names] == [True, False, False]
     assert [viewer.layers[n].metadata["role"] for n in names] == ["saliency"] * 3
-    bars = segmented.explain_panel.canvas.sequence_axes.patches
+    axes = segmented.explain_panel.canvas.sequence_axes
+    bars = axes.patches
     assert [round(bar.get_height(), 3) for bar in bars] == [round(v / 6, 3) for v in (1, 2, 3)]
+    segmented.explain_panel.canvas.draw()
+    ticks = [label.get_text() for label in axes.get_yticklabels()]
+    assert "0%" in ticks and any(t.endswith("%") and t != "0%" for t in ticks)  # a scale
+    assert [text.get_text() for text in axes.texts] == ["17%", "33%", "50%"]  # values on bars
     assert segmented.case_panel.present() == ("cube_pre", "cube_post", "flair")
 
 
@@ -186,7 +201,7 @@ def test_sequence_importance_switches_each_present_sequence_off(
 
     monkeypatch.setattr(importance, "segment", fake_engine)
     qtbot.mouseClick(segmented.explain_panel.importance_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: segmented.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: segmented.state.worker is None, timeout=TIMEOUT_MS)
     assert [call["present"] for call in fake_engine.calls[1:]] == [
         ("cube_post", "flair"),
         ("cube_pre", "flair"),
@@ -203,18 +218,19 @@ def test_sequence_importance_switches_each_present_sequence_off(
     assert {table.item(row, 2).text() for row in range(4)} == {"0"}
 
 
-def test_explaining_before_a_run_is_a_notification(make_napari_viewer, notifications):
-    widget = Workbench(make_napari_viewer())
-    assert widget.explain() is None and widget.rank_sequences() is None
+def test_explaining_before_a_run_is_a_notification(make_napari_viewer, notifications, dock):
+    widget = dock(make_napari_viewer())
+    assert widget.explain_panel.explain() is None
+    assert widget.explain_panel.rank_sequences() is None
     assert len(notifications["error"]) == 2
     assert "run the segmentation first" in notifications["error"][0]
 
 
 def test_mismatched_layer_grids_are_a_notification(
-    make_napari_viewer, tiny_case, fake_engine, notifications
+    make_napari_viewer, tiny_case, fake_engine, notifications, dock
 ):
     viewer = make_napari_viewer()
-    widget = Workbench(viewer)
+    widget = dock(viewer)
     viewer.add_image(tiny_case.images["bravo"], name="bravo")
     viewer.add_image(tiny_case.images["flair"][:-1], name="flair")
     assert widget.run() is None
@@ -222,7 +238,7 @@ def test_mismatched_layer_grids_are_a_notification(
     assert "is not on the grid of" in notifications["error"][0]
 
 
-def test_choosing_a_model_shows_its_sequences(make_napari_viewer, monkeypatch, tmp_path):
+def test_choosing_a_model_shows_its_sequences(make_napari_viewer, monkeypatch, tmp_path, dock):
     class Config:
         sequences = ("cube_pre", "cube_post", "flair")
 
@@ -230,7 +246,7 @@ def test_choosing_a_model_shows_its_sequences(make_napari_viewer, monkeypatch, t
     monkeypatch.setattr(
         workbench_module, "read_model_config", lambda path: read.append(path) or Config
     )
-    widget = Workbench(make_napari_viewer())
+    widget = dock(make_napari_viewer())
     widget.segment_panel.set_model_path(tmp_path / "three.safetensors")
     assert read == [tmp_path / "three.safetensors"]
     assert widget.case_panel.sequences == ("cube_pre", "cube_post", "flair")
@@ -247,27 +263,149 @@ def test_closing_the_viewer_mid_run_stops_the_worker(
     widget.run()
     assert fake_engine.started.wait(10)
     viewer.close()
-    assert widget._idle.is_set() and widget._cancel.is_set()
-    assert widget.worker is None
+    assert widget.state.idle.is_set()
+    assert widget.state.worker is None
     qtbot.wait(50)
 
 
-def test_real_model_run_and_saliency(qtbot, viewer_with_case, tiny_model_path, tiny_case):
+def test_real_model_run_and_saliency(qtbot, viewer_with_case, tiny_model_path, tiny_case, dock):
     """No stand-ins: the engine and saliency run a real (tiny, random) network."""
-    widget = Workbench(viewer_with_case)
+    widget = dock(viewer_with_case)
     widget.segment_panel.set_model_path(tiny_model_path)
     widget.segment_panel.threshold_slider.setValue(0.01)
     _run_and_wait(qtbot, widget)
     probability = viewer_with_case.layers[PROBABILITY_LAYER]
     assert probability.data.shape == tiny_case.shape
     np.testing.assert_allclose(probability.affine.affine_matrix, tiny_case.geometry.napari_affine)
-    qtbot.waitUntil(lambda: widget.table is not None and len(widget.table) > 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: widget.state.table is not None and len(widget.state.table) > 0, timeout=TIMEOUT_MS
+    )
 
-    widget.explain()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    widget.explain_panel.explain()
+    qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
     overlays = [
         layer for layer in viewer_with_case.layers if layer.metadata.get("role") == "saliency"
     ]
     assert len(overlays) == len(SEQUENCES)
     assert [layer.visible for layer in overlays] == [True, False, False, False]
-    assert set(widget.saliency.per_sequence) == set(SEQUENCES)
+    assert set(widget.explain_panel.saliency.per_sequence) == set(SEQUENCES)
+
+
+def _three_blobs(present):
+    """0.2, 0.5 and 0.8 cubes far apart; without bravo the 0.8 one is gone."""
+    probability = np.zeros((48, 59, 50), dtype=np.float32)
+    probability[5:8, 5:8, 5:8] = 0.2
+    probability[20:23, 25:28, 20:23] = 0.5
+    if "bravo" in present:
+        probability[35:38, 45:48, 35:38] = 0.8
+    return probability
+
+
+def _lesions_shown(widget):
+    """Lesion counts as a user reads them: the table dock's rows, the panel's summary and
+    the lesions layer's distinct labels."""
+    labels = np.asarray(widget.viewer.layers[LESIONS_LAYER].data)
+    return (
+        widget.lesion_table.proxy.rowCount(),
+        int(widget.segment_panel.summary_label.text().split()[0]),
+        len(np.unique(labels[labels > 0])),
+    )
+
+
+def test_one_layer_of_each_result_updated_in_place_and_the_table_follows(
+    qtbot, viewer_with_case, fake_engine, tiny_case, dock, layer_counts
+):
+    assert tiny_case.shape == (48, 59, 50)
+    fake_engine.probability = _three_blobs
+    widget = dock(viewer_with_case)
+    one_each = {"probability": 1, "lesions": 1, "corrections": 1, "lesion changes": 0}
+    _run_and_wait(qtbot, widget)
+    assert layer_counts(viewer_with_case) == one_each
+    lesions = viewer_with_case.layers[LESIONS_LAYER]
+    assert _lesions_shown(widget) == (3, 3, 3)
+
+    widget.segment_panel.threshold_slider.setValue(0.3)
+    qtbot.waitUntil(lambda: _lesions_shown(widget) == (2, 2, 2), timeout=TIMEOUT_MS)
+    assert layer_counts(viewer_with_case) == one_each
+    assert viewer_with_case.layers[LESIONS_LAYER] == lesions  # the same layer, new data
+
+    widget.case_panel.set_present("bravo", False)
+    _run_and_wait(qtbot, widget)
+    assert fake_engine.calls[-1]["present"] == ("cube_pre", "cube_post", "flair")
+    assert _lesions_shown(widget) == (1, 1, 1)
+    assert layer_counts(viewer_with_case) == one_each
+    _run_and_wait(qtbot, widget)
+    assert layer_counts(viewer_with_case) == one_each
+    assert len(viewer_with_case.layers) == 8
+    assert [layer.name for layer in viewer_with_case.layers if "[" in layer.name] == []
+
+
+def test_a_present_box_cannot_be_ticked_without_an_image(make_napari_viewer, tiny_case, dock):
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    panel = widget.case_panel
+    check = panel._checks["cube_pre"]
+    assert not check.isEnabled() and not check.isChecked()
+    panel.set_present("cube_pre", True)
+    assert not check.isChecked() and panel.present() == ()
+    viewer.add_image(tiny_case.images["cube_pre"], name="T1_pre")
+    assert check.isEnabled() and check.isChecked() and panel.present() == ("cube_pre",)
+    viewer.layers.remove("T1_pre")
+    assert not check.isEnabled() and not check.isChecked()
+    assert "no sequence on" in panel.factor_label.text()
+
+
+@pytest.mark.parametrize(
+    ("name", "sequence"),
+    [
+        ("t1_post_gd", "cube_post"),
+        ("T1_post_gd", "cube_post"),
+        ("t1c", "cube_post"),
+        ("t1ce", "cube_post"),
+        ("t1gd", "cube_post"),
+        ("cube_post", "cube_post"),
+        ("mprage", "bravo"),
+        ("BRAVO", "bravo"),
+        ("t1_pre", "cube_pre"),
+        ("t1n", "cube_pre"),
+        ("t2_flair", "flair"),
+        ("FLAIR", "flair"),
+        ("t2f", "flair"),
+    ],
+)
+def test_common_file_names_are_assigned_and_keep_their_names(
+    make_napari_viewer, tiny_case, name, sequence, dock
+):
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    viewer.add_image(tiny_case.images["flair"], name=name)
+    assert widget.case_panel.layer_for(sequence).name == name
+    assert widget.case_panel.present() == (sequence,)
+
+
+def test_the_table_is_readable_at_1600x1000_with_both_docks(
+    qtbot, viewer_with_case, fake_engine, tiny_case, dock
+):
+    probability = np.zeros(tiny_case.shape, dtype=np.float32)
+    for index in range(8):
+        probability[3 + 5 * index : 5 + 5 * index, 10:13, 10:13] = 0.9 - 0.05 * index
+    fake_engine.probability = probability
+    window = viewer_with_case.window._qt_window
+    window.resize(1600, 1000)
+    window.show()
+    widget = dock(viewer_with_case)
+    _run_and_wait(qtbot, widget)
+    table = widget.lesion_table
+    qtbot.waitUntil(lambda: table.proxy.rowCount() == 8, timeout=TIMEOUT_MS)
+    qtbot.wait(200)
+    assert window.width() == 1600 and window.height() == 1000
+    assert widget.isVisible() and table.isVisible()
+    assert table.visible_rows() >= 5
+    header = table.view.horizontalHeader()
+    width = table.view.viewport().width()
+    titles = [table.model.headerData(c, Qt.Orientation.Horizontal) for c in range(9)]
+    for title in ("volume (mm\N{SUPERSCRIPT THREE})", "confidence", "R (mm)", "A (mm)", "S (mm)"):
+        column = titles.index(title)
+        right = header.sectionViewportPosition(column) + header.sectionSize(column)
+        assert header.sectionViewportPosition(column) >= 0 and right <= width, title
+    assert widget.height() > 500  # the workbench keeps its column
