@@ -15,7 +15,7 @@ import numpy as np
 from napari_metseg.cli._progress import progress_bar
 from napari_metseg.correction import FinetuneConfig, finetune
 from napari_metseg.correction.finetune import MODES
-from napari_metseg.correction.samples import UNMARKED_MODES
+from napari_metseg.correction.objective import UNMARKED_MODES
 from napari_metseg.errors import GeometryError
 from napari_metseg.io import read_case, read_volume
 from napari_metseg.io.resample import resample_to
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", required=True, type=Path, help="new model (folder or .safetensors)"
     )
     parser.add_argument("--mode", default="auto", choices=MODES)
-    parser.add_argument("--unmarked", default="bootstrap", choices=UNMARKED_MODES)
+    parser.add_argument("--unmarked", default="teacher", choices=UNMARKED_MODES)
     parser.add_argument("--iterations", type=int, default=FinetuneConfig.iterations)
     parser.add_argument("--beta", type=float, default=FinetuneConfig.beta)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> None:
         },
     )
     print(
-        f"{case.name}: fine-tuned ({result.mode}, {result.seconds:.1f} s), corrected-voxel loss "
-        f"{result.corrected_loss_before:.4f} -> {result.corrected_loss_after:.4f} -> {args.out}"
+        f"{case.name}: fine-tuned ({result.mode}, {result.seconds:.1f} s, attempt "
+        f"{result.attempts}), corrected-voxel loss {result.corrected_loss_before:.4f} -> "
+        f"{result.corrected_loss_after:.4f}; {result.growth.describe()} -> {args.out}"
     )

@@ -406,14 +406,7 @@ def _train(
         parameter.requires_grad_(False)
     for parameter in trainable:
         parameter.requires_grad_(True)
-    import os
-
-    if os.environ.get("FT_OPT") == "sgd":
-        optimizer = torch.optim.SGD(
-            trainable, lr=lr, momentum=0.9, weight_decay=config.weight_decay
-        )
-    else:
-        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
     weights = np.where(batches.samples.corrected, config.oversample, 1.0)
     weights /= weights.sum()
     losses: list[float] = []

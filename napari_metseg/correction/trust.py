@@ -90,4 +90,6 @@ def lesion_growth(
     """How much lesion ``probability`` holds on ``away`` compared with ``base`` (case grid)."""
     before = float(np.count_nonzero((base >= region.threshold) & away)) * voxel_mm3
     after = float(np.count_nonzero((probability >= region.threshold) & away)) * voxel_mm3
+    if not np.isfinite(probability).all():  # a diverged round: NaN compares as no lesion
+        after = float("inf")
     return Growth(before, after, region.growth_factor * before + region.growth_mm3)

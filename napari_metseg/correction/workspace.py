@@ -49,7 +49,6 @@ from napari_metseg.engine import Presence
 from napari_metseg.errors import MetsegError, ModelFileError
 from napari_metseg.model import MetsegNet, load_model, save_model
 from napari_metseg.model.files import default_model_path
-from napari_metseg.preprocess import PreparedCase
 from napari_metseg.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -322,23 +321,39 @@ class Workspace:
 
     def finetune(
         self,
-        case: Case | PreparedCase,
+        case: Case,
         config: FinetuneConfig | None = None,
         present: Presence = None,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        *,
+        reference: np.ndarray | None = None,
     ) -> FinetuneResult:
-        """One round: fine-tune the current model on the current strokes, store a version.
+        """One round: fine-tune the base model on every current stroke, store a version.
 
-        The strokes are saved first; when ``cancel`` stops the round
-        (:class:`~napari_metseg.errors.Cancelled`) nothing else is written and
-        the current version stays active.
+        Every round starts from the base model with all strokes so far (they
+        accumulate), so rounds do not compound each other's drift and the
+        trust region always holds the round against the base prediction
+        (``reference``: the base model's probability with this presence,
+        when the caller has it). The strokes are saved first; when ``cancel``
+        stops the round (:class:`~napari_metseg.errors.Cancelled`) or the
+        round is refused, nothing else is written and the current version
+        stays active.
         """
         config = config or FinetuneConfig()
         corrections = self.corrections
         with self._lock:
             _write_corrections(self.folder / CORRECTIONS, corrections)
-        result = finetune(case, self.load_model(), corrections, config, present, progress, cancel)
+        result = finetune(
+            case,
+            self.load_model(BASE),
+            corrections,
+            config,
+            present,
+            progress,
+            cancel,
+            reference=reference,
+        )
         self.add_version(result.model, corrections, config.to_dict(), result.metrics())
         return result
 

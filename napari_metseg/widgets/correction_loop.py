@@ -10,8 +10,8 @@ same case is segmented again, in this session or a later one.
 The model in use is explicit: a newly opened case runs with the base model
 (the workspace is switched back to it, its versions stay listed and Redo
 returns to the last one); the user picks a saved version in the Correct tab.
-Fine-tune runs :meth:`Workspace.finetune` and then the segmentation with the
-new version in one worker, shows the new result through the run state and
+Fine-tune runs :meth:`Workspace.finetune` in a worker (the round returns its
+own whole-case prediction, checked by the trust region), shows it through the run state and
 reports the lesions that appeared or disappeared
 (:func:`~napari_metseg.importance.compare_lesions` of the lesion maps before
 and after), ringed in the ``lesion changes`` layer. A refused, failed or
@@ -67,30 +67,22 @@ class Round:
     result: FinetuneResult
 
 
-def finetune_and_segment(
+def finetune_round(
     workspace: Workspace,
     case: Case,
     present: Sequence[str],
     config: FinetuneConfig,
-    device: str,
+    reference: np.ndarray | None,
     progress: Callable[[int, int, str], None],
     cancel: threading.Event,
 ) -> Round:
-    """Fine-tune the current version on the saved strokes, then segment with the new one.
+    """Fine-tune the base model on the saved strokes; the round's own prediction comes back.
 
-    Stopped or failed after the new version was stored, the workspace goes
-    back to the previous version (the new one stays on disk, reachable by redo).
+    ``reference``: the base model's prediction with ``present`` when already
+    computed (the round's trust region needs it).
     """
-    result = workspace.finetune(case, config, tuple(present), progress, cancel)
-    version = workspace.current
-    try:
-        probability = run_segmentation(
-            lambda: result.model, case, present, device, progress, cancel
-        )
-    except BaseException:
-        workspace.undo()
-        raise
-    return Round(version, probability, result)
+    result = workspace.finetune(case, config, tuple(present), progress, cancel, reference=reference)
+    return Round(workspace.current, result.probability, result)
 
 
 class CorrectionLoop(QObject):
@@ -223,12 +215,12 @@ class CorrectionLoop(QObject):
             "fine-tuning",
             f"fine-tuning {self.workspace.current} ({config.mode}, {config.iterations} steps)",
             lambda round_: self._show_round(round_, before),
-            finetune_and_segment,
+            finetune_round,
             self.workspace,
             state.case,
             state.present,
             config,
-            state.device,
+            self._predictions.get((BASE, tuple(state.present))),
         )
 
     def undo(self) -> Any:

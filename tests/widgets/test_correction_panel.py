@@ -358,13 +358,13 @@ def test_a_scripted_session_keeps_one_layer_each_and_reports_changed_lesions(
     after[11:14, 11:14, 11:14] = 0.9  # A moved: neither new nor removed
     after[40:42, 5:7, 5:7] = 0.7  # C new
     after[20:22, 50:52, 40:42] = 0.6  # D new; B removed
-    real = correction_loop.run_segmentation
+    real = correction_loop.finetune_round
 
-    def tuned_prediction(load_model, case, present, device, progress, cancel):
-        real(load_model, case, present, device, progress, cancel)  # the tuned model runs
-        return after
+    def tuned_prediction(*args):
+        round_ = real(*args)  # the round runs; its prediction is replaced by a known one
+        return correction_loop.Round(round_.version, after, round_.result)
 
-    monkeypatch.setattr(correction_loop, "run_segmentation", tuned_prediction)
+    monkeypatch.setattr(correction_loop, "finetune_round", tuned_prediction)
     _paint_strokes(viewer.layers[CORRECTIONS_LAYER])
     _finetune(qtbot, widget)
     assert widget.state.version == "v001"
