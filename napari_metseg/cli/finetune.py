@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_metseg.cli._progress import progress_bar
 from napari_metseg.correction import FinetuneConfig, finetune
-from napari_metseg.correction.finetune import MODES
+from napari_metseg.correction.config import MODES
 from napari_metseg.correction.objective import UNMARKED_MODES
 from napari_metseg.errors import GeometryError
 from napari_metseg.io import read_case, read_volume

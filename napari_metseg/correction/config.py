@@ -1,0 +1,84 @@
+"""Settings of a fine-tuning round (the terms of the objective are in ``objective``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from napari_metseg.correction.objective import UNMARKED_MODES
+from napari_metseg.correction.trust import TrustRegion
+
+#: Fine-tuning modes; ``auto`` is ``full`` on CUDA and ``fast`` elsewhere.
+MODES: tuple[str, ...] = ("auto", "fast", "full")
+#: Default learning rate per mode (AdamW).
+DEFAULT_LR = {"fast": 1e-4, "full": 2e-5}
+#: Slices per forward pass when scoring samples.
+CHUNK = 8
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of one fine-tuning round (the objective's terms are in ``objective``).
+
+    ``iterations`` AdamW steps of ``batch_size`` samples at ``lr`` (None:
+    :data:`DEFAULT_LR` of the mode); corrected slices are ``oversample``
+    times as likely as the neighbouring (``neighbours`` per side) and
+    ``random_slices`` others. ``trust`` bounds what may change away from the
+    strokes; ``backoffs`` retries with half the steps and step size before a
+    round is refused. ``dropout_rate``: sequence dropout probability;
+    ``dropout_draws``: cached draws per slice in fast mode.
+    """
+
+    mode: str = "auto"
+    unmarked: str = "teacher"
+    alpha: float = 3.0
+    beta: float = 0.1
+    keep_threshold: float = 0.5
+    stroke_weight: float = 100.0
+    stroke_share: float = 0.05
+    anchor_weight: float = 1.0
+    iterations: int = 30
+    batch_size: int = 4
+    lr: float | None = None
+    weight_decay: float = 0.0
+    neighbours: int = 1
+    random_slices: int = 4
+    oversample: float = 3.0
+    dropout_rate: float = 0.25
+    dropout_draws: int = 3
+    trust: TrustRegion = TrustRegion()
+    backoffs: int = 2
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.unmarked not in UNMARKED_MODES:
+            raise ValueError(
+                f"unmarked must be one of {list(UNMARKED_MODES)}, got {self.unmarked!r}"
+            )
+        for name in ("iterations", "batch_size", "dropout_draws"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
+        if self.oversample <= 0 or self.stroke_weight <= 0 or not 0 < self.stroke_share <= 1:
+            raise ValueError(
+                "oversample and stroke_weight must be > 0 and stroke_share in (0, 1], got "
+                f"{self.oversample}, {self.stroke_weight}, {self.stroke_share}"
+            )
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.backoffs < 0:
+            raise ValueError(f"backoffs must be >= 0, got {self.backoffs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
+        data = dict(data)
+        if isinstance(data.get("trust"), dict):
+            data["trust"] = TrustRegion(**data["trust"])
+        return cls(**data)
