@@ -46,3 +46,7 @@ class RunawayError(CorrectionError):
     The model is left as it was; the message says how much lesion the round
     would have added and how to continue.
     """
+
+
+class WorkspaceError(MetsegError):
+    """A correction workspace folder is unusable (unreadable state, wrong case, unknown version)."""

@@ -17,8 +17,8 @@ from napari_metseg.correction.samples import (
     select_samples,
 )
 from napari_metseg.correction.trust import TrustRegion
-from napari_metseg.correction.workspace import Workspace, WorkspaceError
-from napari_metseg.errors import CorrectionError, RunawayError
+from napari_metseg.correction.workspace import Workspace
+from napari_metseg.errors import CorrectionError, RunawayError, WorkspaceError
 
 __all__ = [
     "LESION",

@@ -46,7 +46,7 @@ from napari_metseg.case import Case, Geometry
 from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
 from napari_metseg.correction.samples import check_corrections, empty_corrections
 from napari_metseg.engine import Presence
-from napari_metseg.errors import MetsegError, ModelFileError
+from napari_metseg.errors import ModelFileError, WorkspaceError
 from napari_metseg.model import MetsegNet, load_model, save_model
 from napari_metseg.model.files import default_model_path
 from napari_metseg.progress import ProgressCallback
@@ -60,10 +60,6 @@ BASE = "base"
 STATE = "workspace.json"
 CORRECTIONS = "corrections.npz"
 VERSIONS = "versions"
-
-
-class WorkspaceError(MetsegError):
-    """A workspace folder is unusable (unreadable state, wrong case, unknown version)."""
 
 
 def file_digest(path: str | os.PathLike) -> str:
