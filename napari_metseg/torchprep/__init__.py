@@ -4,4 +4,3 @@
 reproduce the method's scikit-image / SciPy steps on batches of slices, so a
 whole case is equalised and resized where the network runs.
 """
-

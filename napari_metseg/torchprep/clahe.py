@@ -31,8 +31,7 @@ def clahe(
     ``clip_limit`` is skimage's normalised clip limit; ``kernel_size`` the
     contextual region in pixels (``None``: 1/8 of each side, skimage's
     default). Returns float32 ``(N, H, W)`` in ``[0, 1]`` on the input's
-    device; all-zero images stay zero (skimage would return NaN-free zeros
-    only by luck; the pre-processing never equalises empty slices).
+    device; all-zero images stay zero (they are not equalised).
     """
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
@@ -152,7 +151,9 @@ def _redistribute(hist: torch.Tensor, n_excess: torch.Tensor, limit: int) -> tor
     return hist
 
 
-def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+def _interpolate(
+    bins: torch.Tensor, mapping: torch.Tensor, kernel: tuple[int, int]
+) -> torch.Tensor:
     """Bilinear blend of the four neighbouring regions' mappings, summed as skimage sums it.
 
     Pixels of one padded block share their four regions: a table of the four
@@ -169,7 +170,12 @@ def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, kernel: tuple[int, i
     # maps padded by one region on every side, as skimage's edge-padded map array
     padded = F.pad(mapping.to(dtype).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
     corners = torch.stack(
-        [padded[:, :, :-1, :-1], padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]],
+        [
+            padded[:, :, :-1, :-1],
+            padded[:, :, :-1, 1:],
+            padded[:, :, 1:, :-1],
+            padded[:, :, 1:, 1:],
+        ],
         dim=-1,
     )  # (n, BINS, tiles_r + 1, tiles_c + 1, 4)
     table = corners.permute(0, 2, 3, 1, 4).reshape(-1, 4)
