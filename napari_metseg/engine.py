@@ -189,7 +189,13 @@ class Segmenter:
         :class:`~napari_metseg.errors.SequenceError` when the user switched
         every sequence off.
         """
-        progress = progress or no_progress
+        (progress or no_progress)(0, 1, "pre-processing")
+        prepared = self.prepare(case, present)
+        check_cancel(cancel)
+        return self.segment_prepared(prepared, progress, cancel)
+
+    def prepare(self, case: Case, present: Presence = None) -> DevicePreparedCase:
+        """Pre-process ``case`` on the model's device (a cohort does it a case ahead)."""
         config = self.model.config
         if not set(case.sequences) & set(config.sequences):
             raise ModelFileError(
@@ -198,19 +204,26 @@ class Segmenter:
                 "sequences or choose a model trained on them"
             )
         flags = presence_flags(config.sequences, present)
-        progress(0, 1, "pre-processing")
         started = time.perf_counter()
         with torch.inference_mode():
             prepared = prepare_volumes(
                 case, config.sequences, flags, config.preprocess, self.device
             )
-            preprocess = self._elapsed(started)
-            check_cancel(cancel)
+        return replace(prepared, seconds=self._elapsed(started))
+
+    def segment_prepared(
+        self,
+        prepared: DevicePreparedCase,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Segmentation:
+        """The network on a :meth:`prepare`-d case, restored to the case grid on the device."""
+        with torch.inference_mode():
             stack, info = self._predict(prepared, progress, cancel)
             started = time.perf_counter()
             _, rows, cols = prepared.native_shape
             probability = resize(stack, rows, cols).cpu().numpy()
-        stages = {"preprocess": preprocess, "network": info.seconds}
+        stages = {"preprocess": prepared.seconds, "network": info.seconds}
         stages["restore"] = time.perf_counter() - started
         return Segmentation(probability, replace(info, stages=stages))
 

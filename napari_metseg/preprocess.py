@@ -112,7 +112,7 @@ def prepare_case(
     not match ``sequences``; :class:`ReadError` when a used volume holds NaN or
     infinite voxels.
     """
-    prepared = prepare_volumes(case, sequences, present, config, torch.device("cpu"))
+    prepared = prepare_volumes(case, sequences, present, config, "cpu")
     return PreparedCase(
         prepared.volumes.numpy(),
         prepared.sequences,
@@ -125,7 +125,10 @@ def prepare_case(
 
 @dataclass
 class DevicePreparedCase:
-    """:class:`PreparedCase` with ``volumes`` a float32 tensor on the model's device."""
+    """:class:`PreparedCase` with ``volumes`` a float32 tensor on the model's device.
+
+    ``seconds``: how long the pre-processing took (set by the engine).
+    """
 
     volumes: torch.Tensor
     sequences: tuple[str, ...]
@@ -133,6 +136,7 @@ class DevicePreparedCase:
     native_shape: tuple[int, int, int]
     tissue: np.ndarray
     config: PreprocessConfig
+    seconds: float = 0.0
 
 
 def prepare_volumes(
@@ -140,13 +144,14 @@ def prepare_volumes(
     sequences: Sequence[str] = SEQUENCES,
     present: Sequence[bool] | Mapping[str, bool] | None = None,
     config: PreprocessConfig = PreprocessConfig(),
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
 ) -> DevicePreparedCase:
     """:func:`prepare_case` on ``device``: resize and CLAHE run there, the result stays.
 
     The robust intensity range is found on the host (NumPy's partition); the
     volume goes to the device once, raw, and everything after runs there.
     """
+    device = torch.device(device)
     sequences = tuple(sequences)
     wanted = _presence(sequences, present)
     ignored = [name for name in case.sequences if name not in sequences]
