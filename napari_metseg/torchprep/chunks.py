@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 #: Pixels per chunk on the CPU: the float64 temporaries of a chunk stay in cache.
-CPU_CHUNK_PIXELS = 2**18
+CPU_CHUNK_PIXELS = 2**20
 #: Pixels per chunk on a GPU: enough work per kernel launch, bounded memory.
 GPU_CHUNK_PIXELS = 2**24
 
