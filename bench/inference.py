@@ -1,17 +1,26 @@
-"""Whole-case inference latency per backbone and device, stage by stage.
+"""Whole-case time next to network time, stage by stage, and cohort throughput.
 
-Usage: ``python -m bench.inference [--slices 160] [--size 256] [--backbones ...]
-[--model PATH] [--threads N] [--precision P]`` from the repository root. The case is the
-benchmark phantom of ``bench/preprocess.py`` (256 x 256 x 160, four
-sequences). For every backbone and output stride (ResNet-50 at 8, MobileNetV3
-at 8 and 16) and device, prints pre-processing, network and post-processing
-(restore to the case grid + lesion table) seconds, network slices/s, peak
-memory, and on a GPU the achieved TFLOP/s (FLOPs counted with
-``torch.utils.flop_counter``) against the card's dense bf16 peak.
+Usage: ``python -m bench.inference [--device cpu|cuda] [--threads N] [--repeat 3]
+[--cohort 3] [--backbones bundled resnet50] [--no-cli]`` from the repository root.
 
-Weights are random unless ``--model`` names a trained model: the network's
-latency does not depend on them, but the lesion table does (a random network
-marks many voxels >= 0.10, so its post-processing time is an upper bound).
+On the sample case of ``metseg demo`` (written to the cache on first use) it prints:
+
+1. per model (the bundled model; ResNet-50 / output stride 8 with random
+   weights, the method's network), the best of ``--repeat`` seconds of every
+   stage: read (four ``.nii.gz``), preprocess, network, restore, components
+   (lesion table), write (probability, mask, table), the whole ``Segmenter``
+   call (preprocess + network + restore) over the network time, the case in
+   memory end to end (preprocess to components) and, on CUDA, the network's
+   achieved TFLOP/s;
+2. the time of one ResNet-50 slice (batch 1), the unit of the CLI target;
+3. ``metseg segment`` on the sample case as a fresh process (imports and
+   model load included), in ResNet-50-slice times;
+4. ``metseg segment`` on a cohort folder of ``--cohort`` copies of the case
+   (one process) against one single-case call, and the in-process cohort
+   throughput (cases/min, I/O included, the loader overlapping the network).
+
+Random weights mark many voxels >= 0.10, so ResNet-50's components stage is
+an upper bound.
 """
 
 from __future__ import annotations
@@ -19,120 +28,176 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.preprocess import benchmark_case
-from napari_metseg.engine import PRECISIONS, Segmenter
-from napari_metseg.lesions import lesion_table
-from napari_metseg.model import BACKBONES, OUTPUT_STRIDES, ModelConfig, build_model, load_model
-from napari_metseg.preprocess import PreprocessConfig, prepare_case, restore_slices, stack_25d
+from napari_metseg.cli.demo import sample_folder
+from napari_metseg.cohort import segment_cohort
+from napari_metseg.engine import Segmenter
+from napari_metseg.io import read_case
+from napari_metseg.model import ModelConfig, build_model, load_model
+from napari_metseg.pipeline import write_results
+from napari_metseg.preprocess import stack_25d
 
-#: Dense bf16 tensor-core peaks (TFLOP/s) of cards we may meet, by name fragment.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
+STAGES = ("read", "preprocess", "network", "restore", "components", "write")
 
 
-def flops_per_slice(model: torch.nn.Module, prepared, device: torch.device) -> float:
-    """Forward FLOPs of one 2.5D slice (a multiply-add counts 2)."""
-    middle = [prepared.volumes.shape[1] // 2]
-    x = torch.from_numpy(stack_25d(prepared.volumes, middle, prepared.config.context))
+def best(repeat: int, function):
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def make_model(name: str, preprocess):
+    if name == "bundled":
+        return load_model(None)
+    return build_model(ModelConfig(backbone=name, output_stride=8, preprocess=preprocess))
+
+
+def stage_times(segmenter: Segmenter, folder: Path, repeat: int, out: Path) -> dict[str, float]:
+    """Best seconds of every stage, plus whole-call and in-memory end-to-end times."""
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        case = read_case(folder)
+        read = time.perf_counter() - start
+        start = time.perf_counter()
+        segmentation = segmenter(case)
+        whole = time.perf_counter() - start
+        written = write_results(case, segmentation, out, stages={"read": read})
+        runs.append({**written.info.stages, "whole": whole})
+    return {key: min(run[key] for run in runs) for key in runs[0]}
+
+
+def tflops(segmenter: Segmenter, folder: Path, network_seconds: float, slices: int) -> float:
+    prepared = segmenter.prepare(read_case(folder))
+    x = stack_25d(prepared.volumes, [prepared.volumes.shape[1] // 2], prepared.config.context)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x.to(device))
-    return float(counter.get_total_flops())
+        segmenter.model(x)
+    return counter.get_total_flops() * slices / network_seconds / 1e12
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated, or the process's peak resident set (GB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+def resnet_slice_seconds(device: torch.device, preprocess, repeat: int) -> float:
+    model = make_model("resnet50", preprocess).to(device, memory_format=torch.channels_last)
+    x = torch.rand(1, model.config.in_channels, preprocess.size, preprocess.size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model.eval()(x)
+
+        def one():
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return best(max(repeat, 3), one)[0]
 
 
-def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name()
-    return next((value for key, value in PEAK_TFLOPS.items() if key in name), None)
+def cli_seconds(args: list[str], threads: int | None) -> float:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from napari_metseg.cli import main; sys.exit(main())"]
+        + [*args, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"metseg {' '.join(args)} failed:\n{done.stderr}")
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slices", type=int, default=160)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
-    parser.add_argument("--model", default=None, help="time this model file instead")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
-    parser.add_argument(
-        "--devices", nargs="+", default=None, help="default: cpu, and cuda if present"
-    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cohort", type=int, default=3, help="cases in the cohort runs")
+    parser.add_argument("--backbones", nargs="+", default=None, help="bundled, resnet50, ...")
+    parser.add_argument("--no-cli", action="store_true", help="skip the fresh-process timings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.devices or (["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"])
-    case = benchmark_case(args.slices, args.size, args.size)
-    if args.model:
-        models = [("file", lambda: load_model(args.model))]
-    else:
-        config = PreprocessConfig(size=args.size)
-        models = [
-            (
-                f"{backbone}/os{stride}",
-                lambda b=backbone, s=stride: build_model(
-                    ModelConfig(backbone=b, output_stride=s, preprocess=config)
-                ),
-            )
-            for backbone in args.backbones
-            for stride in OUTPUT_STRIDES[backbone]
-        ]
+    device = torch.device(args.device)
+    backbones = args.backbones or (
+        ["bundled", "resnet50"] if device.type == "cuda" else ["bundled"]
+    )
+    folder = sample_folder()
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
         f"load average {os.getloadavg()[0]:.1f}"
+        + (f", gpu {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
     )
-    if torch.cuda.is_available():
-        print(f"gpu: {torch.cuda.get_device_name()}")
-    print(f"case: {case.shape} four sequences")
-    header = (
-        f"{'model':<26}{'device':<7}{'prec':>6}{'prep s':>8}{'net s':>8}{'post s':>8}"
-        f"{'case s':>8}{'slices/s':>10}{'peak GB':>9}{'TFLOP/s':>9}{'% peak':>8}"
-    )
+    print(f"sample case {folder.name}: {read_case(folder).shape}, device {device}")
+    work = Path(tempfile.mkdtemp(prefix="metseg-bench-"))
+    header = f"{'model':<10}" + "".join(f"{s:>11}" for s in STAGES)
+    header += f"{'whole':>8}{'whole/net':>10}{'in-mem e2e':>11}{'TFLOP/s':>9}"
     print(header)
     print("-" * len(header))
-    for label, make in models:
-        model = make().eval()
-        for name in devices:
-            segmenter = Segmenter(model, name, precision=args.precision)
-            device = segmenter.device
-            start = time.perf_counter()
-            prepared = prepare_case(case, model.config.sequences, config=model.config.preprocess)
-            prep = time.perf_counter() - start
-            if device.type == "cuda":
-                segmenter.predict_prepared(prepared)  # warm-up: cuDNN autotune, allocator
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            stack, info = segmenter.predict_prepared(prepared)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            net = time.perf_counter() - start
-            start = time.perf_counter()
-            probability = restore_slices(stack, prepared.native_shape)
-            lesion_table(probability, case.geometry)
-            post = time.perf_counter() - start
-            run = info.slices - info.skipped
-            tflops = flops_per_slice(model, prepared, device) * run / net / 1e12
-            peak = peak_tflops(device)
-            share = f"{100 * tflops / peak:7.1f}%" if peak else "       -"
-            precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[info.precision]
-            print(
-                f"{label:<26}{device.type:<7}{precision:>6}{prep:8.2f}{net:8.2f}{post:8.2f}"
-                f"{prep + net + post:8.2f}{run / net:10.1f}{peak_memory_gb(device):9.2f}"
-                f"{tflops:9.3f}{share}"
+    bundled = None
+    for name in backbones:
+        model = make_model(name, load_model(None).config.preprocess).eval()
+        segmenter = Segmenter(model, device)
+        if name == "bundled":
+            bundled = segmenter
+        segmenter(read_case(folder))  # warm-up: cuDNN autotune, allocator, first-call costs
+        times = stage_times(segmenter, folder, args.repeat, work / name)
+        memory = times["preprocess"] + times["network"] + times["restore"] + times["components"]
+        run = read_case(folder).shape[0]
+        rate = tflops(segmenter, folder, times["network"], run) if device.type == "cuda" else None
+        print(
+            f"{name:<10}"
+            + "".join(f"{times[s]:11.3f}" for s in STAGES)
+            + f"{times['whole']:8.2f}{times['whole'] / times['network']:10.2f}{memory:11.2f}"
+            + (f"{rate:9.1f}" if rate is not None else f"{'-':>9}")
+        )
+    slice_time = resnet_slice_seconds(device, load_model(None).config.preprocess, args.repeat)
+    print(f"ResNet-50 slice (batch 1) on {device.type}: {slice_time:.3f} s")
+    cohort = work / "cohort"
+    for index in range(args.cohort):
+        (cohort / f"case{index}").mkdir(parents=True)
+        for file in folder.iterdir():
+            (cohort / f"case{index}" / file.name).symlink_to(file)
+    if not args.no_cli:
+        device_args = ["--device", device.type]
+        single = min(
+            cli_seconds(
+                ["segment", str(folder), "--out", str(work / f"cli{i}")] + device_args, args.threads
             )
+            for i in range(args.repeat)
+        )
+        print(
+            f"metseg segment (sample case, fresh process): {single:.2f} s = "
+            f"{single / slice_time:.1f} ResNet-50 slices"
+        )
+        together = cli_seconds(
+            ["segment", str(cohort), "--out", str(work / "cli_cohort")] + device_args, args.threads
+        )
+        print(
+            f"metseg segment (cohort of {args.cohort}, one process): {together:.2f} s = "
+            f"{together / single:.2f} x one single-case call"
+        )
+    if bundled is not None:
+        start = time.perf_counter()
+        result = segment_cohort(cohort, bundled, work / "cohort_out", overwrite=True)
+        seconds = time.perf_counter() - start
+        done = int((result.summary["status"] == "done").sum())
+        print(
+            f"cohort in process (bundled model, I/O included): {done} cases in {seconds:.2f} s "
+            f"= {60 * done / seconds:.1f} cases/min"
+        )
 
 
 if __name__ == "__main__":

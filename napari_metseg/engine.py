@@ -5,7 +5,11 @@ on cases (like nnU-Net's predictor); :func:`segment` is the one-call
 convenience that the GUI, the CLI and scripts use. Devices: CUDA, then Apple
 MPS, then the CPU (``device="auto"``). On a GPU the engine uses autocast (bf16
 where supported, else fp16), pinned host memory and as large a batch as fits
-(halving it on out-of-memory, freeing the cache each time). Every device gets
+(halving it on out-of-memory, freeing the cache each time). Pre-processing
+(resize, CLAHE), the 2.5D stacks and the restore to the case grid run on the
+model's device too (:func:`napari_metseg.preprocess.prepare_volumes`), so a
+case crosses to the GPU once, raw, and comes back once, as the probability;
+:class:`SegmentationInfo` records the time of every stage. Every device gets
 channels-last memory (on the CPU it also speeds up oneDNN's depthwise
 convolutions of the light backbone). Slices without head tissue are skipped
 (probability 0) and counted in :class:`SegmentationInfo`. Progress goes to a
@@ -19,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,8 +31,14 @@ import torch
 from napari_metseg.case import Case
 from napari_metseg.errors import DeviceError, ModelFileError, SequenceError
 from napari_metseg.model import MetsegNet, apply_presence
-from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices, stack_25d
+from napari_metseg.preprocess import (
+    DevicePreparedCase,
+    PreparedCase,
+    prepare_volumes,
+    stack_25d,
+)
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
+from napari_metseg.torchprep.resize import resize
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +109,9 @@ class SegmentationInfo:
     ``slices`` counts the slices of the case, ``skipped`` those without head
     tissue (not run through the network, probability 0). ``present`` lists
     the model sequences fed (the others were zeros). ``batch_size`` is the
-    one that finally fitted; ``seconds`` is the network time alone.
+    one that finally fitted; ``seconds`` is the network time alone;
+    ``stages`` maps each stage the engine ran (``preprocess``, ``network``,
+    ``restore``) to its seconds.
     """
 
     slices: int
@@ -109,6 +121,7 @@ class SegmentationInfo:
     precision: str
     batch_size: int
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,7 +189,13 @@ class Segmenter:
         :class:`~napari_metseg.errors.SequenceError` when the user switched
         every sequence off.
         """
-        progress = progress or no_progress
+        (progress or no_progress)(0, 1, "pre-processing")
+        prepared = self.prepare(case, present)
+        check_cancel(cancel)
+        return self.segment_prepared(prepared, progress, cancel)
+
+    def prepare(self, case: Case, present: Presence = None) -> DevicePreparedCase:
+        """Pre-process ``case`` on the model's device (a cohort does it a case ahead)."""
         config = self.model.config
         if not set(case.sequences) & set(config.sequences):
             raise ModelFileError(
@@ -185,33 +204,62 @@ class Segmenter:
                 "sequences or choose a model trained on them"
             )
         flags = presence_flags(config.sequences, present)
-        progress(0, 1, "pre-processing")
-        prepared = prepare_case(case, config.sequences, flags, config.preprocess)
-        check_cancel(cancel)
-        stack, info = self.predict_prepared(prepared, progress, cancel)
-        return Segmentation(restore_slices(stack, prepared.native_shape), info)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            prepared = prepare_volumes(
+                case, config.sequences, flags, config.preprocess, self.device
+            )
+        return replace(prepared, seconds=self._elapsed(started))
+
+    def segment_prepared(
+        self,
+        prepared: DevicePreparedCase,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Segmentation:
+        """The network on a :meth:`prepare`-d case, restored to the case grid on the device."""
+        with torch.inference_mode():
+            stack, info = self._predict(prepared, progress, cancel)
+            started = time.perf_counter()
+            _, rows, cols = prepared.native_shape
+            probability = resize(stack, rows, cols).cpu().numpy()
+        stages = {"preprocess": prepared.seconds, "network": info.seconds}
+        stages["restore"] = time.perf_counter() - started
+        return Segmentation(probability, replace(info, stages=stages))
 
     def predict_prepared(
         self,
-        prepared: PreparedCase,
+        prepared: PreparedCase | DevicePreparedCase,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> tuple[np.ndarray, SegmentationInfo]:
         """Probability ``(n_slices, size, size)`` of a prepared case (0 on skipped slices)."""
+        with torch.inference_mode():
+            stack, info = self._predict(prepared, progress, cancel)
+            return stack.cpu().numpy(), info
+
+    def _predict(
+        self,
+        prepared: PreparedCase | DevicePreparedCase,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> tuple[torch.Tensor, SegmentationInfo]:
+        """Probability on the device; the 2.5D batches are gathered there too."""
         progress = progress or no_progress
+        started = time.perf_counter()
+        volumes = torch.as_tensor(prepared.volumes).to(self.device, torch.float32)
         slices = np.flatnonzero(prepared.tissue)
         skipped = prepared.tissue.size - slices.size
         if skipped:
             logger.info(
                 "skipping %d of %d slices without head tissue", skipped, prepared.tissue.size
             )
-        n_slices, size = prepared.volumes.shape[1], prepared.volumes.shape[2]
-        probability = np.zeros((n_slices, size, size), dtype=np.float32)
+        n_slices, size = volumes.shape[1], volumes.shape[2]
+        probability = torch.zeros((n_slices, size, size), device=self.device)
         present = torch.from_numpy(prepared.present).to(self.device)
         message = f"segmenting on {self.device.type}" + (
             f" ({skipped} empty slices skipped)" if skipped else ""
         )
-        started = time.perf_counter()
         done = 0
         progress(0, slices.size, message)
         try:
@@ -219,7 +267,9 @@ class Segmenter:
                 check_cancel(cancel)
                 chunk = slices[done : done + self.batch_size]
                 try:
-                    probability[chunk] = self._predict_batch(prepared, chunk, present)
+                    x = stack_25d(volumes, chunk, prepared.config.context)
+                    index = torch.from_numpy(chunk).to(self.device)
+                    probability[index] = self._predict_batch(x, present)
                 except torch.OutOfMemoryError:
                     if self.batch_size == 1:
                         raise
@@ -243,24 +293,21 @@ class Segmenter:
             device=str(self.device),
             precision=self.precision,
             batch_size=self.batch_size,
-            seconds=time.perf_counter() - started,
+            seconds=self._elapsed(started),
         )
         return probability, info
 
-    def _predict_batch(
-        self, prepared: PreparedCase, chunk: np.ndarray, present: torch.Tensor
-    ) -> np.ndarray:
-        x = torch.from_numpy(stack_25d(prepared.volumes, chunk, prepared.config.context))
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        x = apply_presence(x.to(self.device, non_blocking=True), present)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast),
-        ):
+    def _predict_batch(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        x = apply_presence(x, present).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
             logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        return torch.softmax(logits.float(), dim=1)[:, 1]
+
+    def _elapsed(self, started: float) -> float:
+        """Seconds since ``started``, after the device finished the work queued so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
 
     def _free_memory(self) -> None:
         if self.device.type == "cuda":

@@ -6,6 +6,9 @@ corners touch); a candidate's confidence is the mean probability of its voxels.
 :func:`lesion_table` does exactly that and measures each component in voxels,
 mm^3 and world millimetres, with NumPy / SciPy reductions over the labelled
 volume (the only Python loop runs over lesions, for the longest diameter).
+Labelling uses ``cc3d`` (connected-components-3d), 3-5x faster than
+``scipy.ndimage.label`` with identical labels; bounding boxes stay with
+``ndimage.find_objects``, faster than ``cc3d.statistics`` (``bench/lesions.py``).
 
 Label values are the lesion ids, ordered by decreasing confidence, so lesion 1
 is always the most confident one whatever the scan order of the volume.
@@ -18,6 +21,7 @@ import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import cc3d
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -31,8 +35,8 @@ logger = logging.getLogger(__name__)
 #: Probability from which a voxel belongs to a lesion candidate (METHOD.md).
 CANDIDATE_THRESHOLD = 0.10
 
-#: Neighbourhood size -> rank passed to ``ndimage.generate_binary_structure``.
-CONNECTIVITY_RANK: dict[int, int] = {6: 1, 18: 2, 26: 3}
+#: Neighbourhoods of 3D connected components: faces, + edges, + corners.
+CONNECTIVITIES: tuple[int, ...] = (6, 18, 26)
 
 #: Columns of the lesion table, in order (units in the names; indices 0-based).
 COLUMNS: tuple[str, ...] = (
@@ -185,15 +189,15 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
     ``connectivity`` is 6 (faces), 18 (faces and edges) or 26 (faces, edges and
     corners, the studies' choice). Labels follow scan order.
     """
-    if connectivity not in CONNECTIVITY_RANK:
+    if connectivity not in CONNECTIVITIES:
         raise ValueError(f"connectivity must be one of 6, 18, 26, got {connectivity!r}")
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 3:
         raise GeometryError(f"a 3D volume (slice, row, col) is needed, got shape {mask.shape}")
-    structure = ndimage.generate_binary_structure(3, CONNECTIVITY_RANK[connectivity])
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    count = ndimage.label(mask, structure=structure, output=labels)
-    return labels, int(count)
+    labels, count = cc3d.connected_components(
+        np.ascontiguousarray(mask), connectivity=connectivity, return_N=True
+    )
+    return labels.astype(np.int32, copy=False), int(count)
 
 
 def longest_diameters(labels: np.ndarray, count: int, affine: np.ndarray) -> np.ndarray:

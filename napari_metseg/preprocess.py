@@ -11,27 +11,30 @@ Steps of :func:`prepare_case`, per present sequence:
    percentile of nonzero voxels), so one bright artefact cannot squash a slice;
 2. in-plane resize of every slice to ``size x size`` (linear, Gaussian
    anti-aliasing when shrinking; aspect ratio is not kept, as in the method);
-3. CLAHE of every slice on its own (``skimage.exposure.equalize_adapthist``).
+3. CLAHE of every slice on its own (``skimage.exposure.equalize_adapthist``,
+   reproduced in torch by :mod:`napari_metseg.torchprep.clahe`).
 
-Absent sequences stay exact zeros. The ``n / k`` presence scaling is *not* done
-here: :func:`napari_metseg.model.dropout.apply_presence` is its one
-implementation, shared by training and inference.
+Steps 2 and 3 run in torch on any device: :func:`prepare_volumes` leaves the
+result where the network runs (the engine's path), :func:`prepare_case`
+returns NumPy arrays (training, fine-tuning, saliency). Absent sequences stay
+exact zeros. The ``n / k`` presence scaling is *not* done here:
+:func:`napari_metseg.model.dropout.apply_presence` is its one implementation,
+shared by training and inference.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from skimage.exposure import equalize_adapthist
+import torch
 
 from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.errors import GeometryError, ReadError, SequenceError
+from napari_metseg.torchprep.clahe import clahe
+from napari_metseg.torchprep.resize import resize
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,46 @@ def prepare_case(
     not match ``sequences``; :class:`ReadError` when a used volume holds NaN or
     infinite voxels.
     """
+    prepared = prepare_volumes(case, sequences, present, config, "cpu")
+    return PreparedCase(
+        prepared.volumes.numpy(),
+        prepared.sequences,
+        prepared.present,
+        prepared.native_shape,
+        prepared.tissue,
+        config,
+    )
+
+
+@dataclass
+class DevicePreparedCase:
+    """:class:`PreparedCase` with ``volumes`` a float32 tensor on the model's device.
+
+    ``seconds``: how long the pre-processing took (set by the engine).
+    """
+
+    volumes: torch.Tensor
+    sequences: tuple[str, ...]
+    present: np.ndarray
+    native_shape: tuple[int, int, int]
+    tissue: np.ndarray
+    config: PreprocessConfig
+    seconds: float = 0.0
+
+
+def prepare_volumes(
+    case: Case,
+    sequences: Sequence[str] = SEQUENCES,
+    present: Sequence[bool] | Mapping[str, bool] | None = None,
+    config: PreprocessConfig = PreprocessConfig(),
+    device: torch.device | str = "cpu",
+) -> DevicePreparedCase:
+    """:func:`prepare_case` on ``device``: resize and CLAHE run there, the result stays.
+
+    The robust intensity range is found on the host (NumPy's partition); the
+    volume goes to the device once, raw, and everything after runs there.
+    """
+    device = torch.device(device)
     sequences = tuple(sequences)
     wanted = _presence(sequences, present)
     ignored = [name for name in case.sequences if name not in sequences]
@@ -124,22 +167,34 @@ def prepare_case(
         )
     n_slices, rows, cols = case.shape
     size = config.size
-    volumes = np.zeros((len(sequences), n_slices, size, size), dtype=np.float32)
-    tissue = np.zeros(n_slices, dtype=bool)
+    volumes = torch.zeros((len(sequences), n_slices, size, size), device=device)
+    tissue = torch.zeros(n_slices, dtype=torch.bool, device=device)
     for index, name in enumerate(sequences):
         if not flags[index]:
             continue
-        normalised = normalise_volume(case.images[name], f"sequence {name!r} of case {case.name!r}")
-        tissue |= tissue_slices(normalised)
-        volumes[index] = clahe_slices(resize_slices(normalised, size, size), config)
+        image = case.images[name]
+        window = intensity_window(image, f"sequence {name!r} of case {case.name!r}")
+        if window is None:
+            continue
+        source = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        if device.type == "cuda":
+            source = source.pin_memory()
+        normalised = _apply_window(source.to(device, non_blocking=True), window)
+        tissue |= _tissue(normalised)
+        volumes[index] = clahe(
+            resize(normalised, size, size), config.clahe_clip_limit, config.clahe_kernel_size
+        )
+    tissue_flags = tissue.cpu().numpy()
     logger.debug(
         "prepared case %r: %s present, %d of %d slices with tissue",
         case.name,
         [name for name, flag in zip(sequences, flags, strict=True) if flag],
-        int(tissue.sum()),
+        int(tissue_flags.sum()),
         n_slices,
     )
-    return PreparedCase(volumes, sequences, flags, (n_slices, rows, cols), tissue, config)
+    return DevicePreparedCase(
+        volumes, sequences, flags, (n_slices, rows, cols), tissue_flags, config
+    )
 
 
 def _presence(
@@ -162,13 +217,14 @@ def _presence(
     return flags
 
 
-def normalise_volume(volume: np.ndarray, label: str = "volume") -> np.ndarray:
-    """Map a volume robustly to float32 ``[0, 1]``.
+def intensity_window(volume: np.ndarray, label: str = "volume") -> tuple[float, float] | None:
+    """``(offset, scale)`` mapping a volume robustly to ``[0, 1]``; ``None`` if all zero.
 
     The range ``[min(0, p0.5), p99.5]`` of the nonzero voxels maps to
-    ``[0, 1]`` and is clipped, so magnitude images keep a zero background and
-    a few hot voxels do not darken everything else. An all-zero volume stays
-    zero. ``label`` names the volume in the error raised for NaN / inf voxels.
+    ``[0, 1]`` (values then clipped), so magnitude images keep a zero
+    background and a few hot voxels do not darken everything else. Both
+    numbers are float32 values, so the host and every device apply them alike.
+    ``label`` names the volume in the error raised for NaN / inf voxels.
     """
     volume = np.asarray(volume, dtype=np.float32)
     finite = np.isfinite(volume)
@@ -181,16 +237,29 @@ def normalise_volume(volume: np.ndarray, label: str = "volume") -> np.ndarray:
     nonzero = volume[volume != 0]
     if nonzero.size == 0:
         logger.warning("%s is all zeros", label)
-        return np.zeros_like(volume)
+        return None
     low, high = np.percentile(nonzero, [100.0 - UPPER_PERCENTILE, UPPER_PERCENTILE])
     low = min(0.0, float(low))
     high = float(high)
     if high <= low:
         high = float(nonzero.max())
     if high <= low:
+        return None
+    return float(np.float32(low)), float(np.float32(1.0 / (high - low)))
+
+
+def normalise_volume(volume: np.ndarray, label: str = "volume") -> np.ndarray:
+    """A volume mapped to float32 ``[0, 1]`` by :func:`intensity_window` (zeros if all zero)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    window = intensity_window(volume, label)
+    if window is None:
         return np.zeros_like(volume)
-    out = (volume - np.float32(low)) * np.float32(1.0 / (high - low))
-    return np.clip(out, 0.0, 1.0, out=out)
+    return _apply_window(torch.from_numpy(volume), window).numpy()
+
+
+def _apply_window(volume: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    offset, scale = window
+    return ((volume - offset) * scale).clamp_(0.0, 1.0)
 
 
 def tissue_slices(normalised: np.ndarray) -> np.ndarray:
@@ -199,81 +268,54 @@ def tissue_slices(normalised: np.ndarray) -> np.ndarray:
     A slice counts when at least :data:`TISSUE_FRACTION` of its pixels (one at
     least) exceed :data:`TISSUE_LEVEL`, so faint background noise does not.
     """
+    return _tissue(torch.as_tensor(np.asarray(normalised))).numpy()
+
+
+def _tissue(normalised: torch.Tensor) -> torch.Tensor:
     n_pixels = normalised.shape[1] * normalised.shape[2]
     needed = max(1, int(np.ceil(TISSUE_FRACTION * n_pixels)))
-    return np.count_nonzero(normalised > TISSUE_LEVEL, axis=(1, 2)) >= needed
+    return (normalised > TISSUE_LEVEL).sum(dim=(1, 2)) >= needed
 
 
 def resize_slices(stack: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Resize every slice of ``(n, r, c)`` to ``(n, rows, cols)``, float32.
 
     Linear interpolation with pixel centres aligned as in
-    ``skimage.transform.resize`` (input coordinate ``(i + 0.5) * scale - 0.5``)
-    and Gaussian anti-aliasing (sigma ``(scale - 1) / 2``) along an axis that
-    shrinks. The same function undoes itself (:func:`restore_slices`).
+    ``skimage.transform.resize`` and Gaussian anti-aliasing along an axis that
+    shrinks (:func:`napari_metseg.torchprep.resize.resize`, on the CPU). The
+    same function undoes itself (:func:`restore_slices`).
     """
     stack = np.asarray(stack, dtype=np.float32)
     if stack.ndim != 3:
         raise GeometryError(f"a stack of slices (n, rows, cols) is needed, got shape {stack.shape}")
     if rows < 1 or cols < 1:
         raise GeometryError(f"target slice size must be positive, got {rows} x {cols}")
-    n, in_rows, in_cols = stack.shape
-    if (in_rows, in_cols) == (rows, cols):
-        return stack.copy()
-    scale = np.array([1.0, in_rows / rows, in_cols / cols])
-    sigma = np.maximum(0.0, (scale - 1.0) / 2.0)
-    source = ndimage.gaussian_filter(stack, sigma, mode="nearest") if sigma.any() else stack
-    return ndimage.affine_transform(
-        source,
-        scale,
-        offset=0.5 * scale - 0.5,
-        output_shape=(n, rows, cols),
-        order=1,
-        mode="nearest",
-        output=np.float32,
-    )
+    return resize(torch.from_numpy(stack), rows, cols).numpy()
 
 
 def clahe_slices(stack: np.ndarray, config: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """CLAHE every slice of a ``[0, 1]`` float stack ``(n, H, W)`` on its own.
 
-    Exactly ``skimage.exposure.equalize_adapthist`` per 2D slice (each slice
-    is stretched to its own range first and its output spans ``[0, 1]``), run
-    over a thread pool. All-zero slices stay zero.
+    Equal to ``skimage.exposure.equalize_adapthist`` per 2D slice (each slice
+    is stretched to its own range first and its output spans ``[0, 1]``), as
+    one torch batch on the CPU. All-zero slices stay zero.
     """
-    out = np.zeros(stack.shape, dtype=np.float32)
-    busy = np.flatnonzero(np.any(stack != 0, axis=(1, 2)))
-    if busy.size == 0:
-        return out
-
-    def one(index: int) -> np.ndarray:
-        return equalize_adapthist(
-            stack[index],
-            kernel_size=config.clahe_kernel_size,
-            clip_limit=config.clahe_clip_limit,
-        )
-
-    workers = min(len(busy), os.cpu_count() or 1, 8)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, busy))
-    else:
-        results = [one(index) for index in busy]
-    for index, result in zip(busy, results, strict=True):
-        out[index] = result
-    return out
+    images = torch.from_numpy(np.asarray(stack, dtype=np.float32))
+    return clahe(images, config.clahe_clip_limit, config.clahe_kernel_size).numpy()
 
 
 def stack_25d(
-    volumes: np.ndarray, slice_indices: Sequence[int] | np.ndarray, context: int = 2
-) -> np.ndarray:
-    """2.5D network input for the given centre slices.
+    volumes: np.ndarray | torch.Tensor, slice_indices: Sequence[int] | np.ndarray, context: int = 2
+) -> np.ndarray | torch.Tensor:
+    """2.5D network input for the given centre slices, of the volumes' type and device.
 
     ``volumes`` ``(n_seq, n_slices, H, W)`` -> ``(batch, n_seq * (2 * context +
     1), H, W)``, sequence-major: ``[seq0 z-c..z+c, seq1 z-c..z+c, ...]``.
-    Neighbours beyond the volume repeat the edge slice (METHOD.md).
+    Neighbours beyond the volume repeat the edge slice (METHOD.md). A tensor
+    is indexed where it lies, so a GPU builds its own batches.
     """
-    volumes = np.asarray(volumes)
+    if not isinstance(volumes, torch.Tensor):
+        volumes = np.asarray(volumes)
     if volumes.ndim != 4:
         raise ValueError(f"volumes must be (n_seq, n_slices, H, W), got shape {volumes.shape}")
     if context < 0:
@@ -285,6 +327,9 @@ def stack_25d(
         raise ValueError(f"slice indices {outside.tolist()} outside [0, {n_slices - 1}]")
     offsets = np.arange(-context, context + 1)
     neighbours = np.clip(centres[:, None] + offsets[None, :], 0, n_slices - 1)
+    if isinstance(volumes, torch.Tensor):
+        picked = volumes[:, torch.from_numpy(neighbours).to(volumes.device)]
+        return picked.transpose(0, 1).reshape(centres.size, n_seq * offsets.size, height, width)
     out = np.empty((centres.size, n_seq, offsets.size, height, width), dtype=volumes.dtype)
     for sequence in range(n_seq):
         np.take(volumes[sequence], neighbours, axis=0, out=out[:, sequence])

@@ -77,3 +77,26 @@ def test_write_replaces_an_existing_file_atomically(tmp_path) -> None:
     write_volume(target, np.ones((3, 3, 3)), geometry)
     assert nib.load(target).get_fdata().min() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+def test_probability_is_compact_and_keeps_the_mask_at_its_threshold(tmp_path) -> None:
+    from napari_metseg.io import read_volume, write_probability
+    from napari_metseg.io.writer import PROBABILITY_STEP
+
+    geometry = Geometry.from_source((6, 7, 8), np.eye(4))
+    probability = np.random.default_rng(3).random(geometry.shape).astype(np.float32)
+    # values straddling 0.10 by less than one storage step, and the exact ends
+    near = np.float32(0.1) + np.array([-2e-5, -1e-6, 0.0, 1e-6, 2e-5], dtype=np.float32)
+    probability[0, 0, :5] = near
+    probability[0, 1, :2] = [0.0, 1.0]
+    path = write_probability(tmp_path / "p.nii.gz", probability, geometry, threshold=0.10)
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.uint16
+    back32 = read_volume(path).data  # float32, internal order
+    np.testing.assert_array_equal(back32 >= 0.10, probability >= np.float32(0.10))
+    mask64 = geometry.to_internal(image.get_fdata() >= 0.10)
+    np.testing.assert_array_equal(mask64, probability >= np.float32(0.10))
+    np.testing.assert_allclose(back32, probability, atol=PROBABILITY_STEP)
+    assert back32[0, 1, 0] == 0.0 and back32[0, 1, 1] == 1.0
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        write_probability(tmp_path / "bad.nii.gz", probability + 1.0, geometry)

@@ -2,7 +2,8 @@
 
 Headless: nothing here opens a window. Every ``python_name`` of the manifest
 must import; the core must not import napari or a Qt binding; ``io``,
-``lesions``, ``metrics``, ``preprocess`` and ``phantom`` must not import torch
+``lesions``, ``metrics`` and ``phantom`` must not import torch (pre-processing
+runs in torch on the model's device since issue 15)
 (checked in the source and, in a fresh interpreter, at run time).
 """
 
@@ -32,7 +33,7 @@ GUI_MODULES = {
     "vispy",
 }
 TORCH_MODULES = {"torch", "torchvision"}
-TORCH_FREE = ("io", "lesions", "metrics", "preprocess", "phantom")
+TORCH_FREE = ("io", "lesions", "metrics", "phantom")
 
 
 def _manifest_python_names() -> list[str]:

@@ -12,6 +12,14 @@ from __future__ import annotations
 from napari_metseg.io.layouts import CaseSources, scan_case
 from napari_metseg.io.reader import read_case
 from napari_metseg.io.volume import Volume, read_volume
-from napari_metseg.io.writer import write_volume
+from napari_metseg.io.writer import write_probability, write_volume
 
-__all__ = ["CaseSources", "Volume", "read_case", "read_volume", "scan_case", "write_volume"]
+__all__ = [
+    "CaseSources",
+    "Volume",
+    "read_case",
+    "read_volume",
+    "scan_case",
+    "write_probability",
+    "write_volume",
+]

@@ -9,13 +9,16 @@ transform found by :func:`register_rigid` (reference world -> moving world).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import GeometryError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ def resample_to(
 
 def to_sitk(data: np.ndarray, geometry: Geometry) -> sitk.Image:
     """A SimpleITK image (LPS) of an internal-order array at its exact world position."""
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(np.asarray(data, dtype=np.float32))
     # sitk index (x, y, z) = internal (col, row, slice): reverse the affine's columns.
     matrix = (_RAS_LPS @ geometry.affine)[:3, :3][:, ::-1]
@@ -99,6 +104,8 @@ def register_rigid(
     :func:`resample_to` takes. Two resolution levels (shrink 2, 1), geometric
     centre initialisation, seeded sampling so reruns agree.
     """
+    import SimpleITK as sitk
+
     fixed_image = to_sitk(fixed, fixed_geometry)
     moving_image = to_sitk(moving, moving_geometry)
     initial = sitk.CenteredTransformInitializer(

@@ -1,6 +1,9 @@
 """Read one MR volume into internal order ``(slice, row, col)``.
 
-NIfTI goes through nibabel (``img.affine``: the sform or qform nibabel picks).
+NIfTI goes through nibabel (``img.affine``: the sform or qform nibabel picks);
+a ``.nii.gz`` is inflated whole with ISA-L (``isal``, about 1.5x zlib's speed)
+and parsed from memory, faster than nibabel's streaming reads. SimpleITK is
+imported only for the formats that need it.
 NRRD / NHDR / MetaImage / single DICOM files go through SimpleITK, whose arrays
 are ``(z, y, x)`` in LPS world coordinates: they are transposed to ``(x, y, z)``
 and the affine built from spacing, origin and direction is flipped to RAS. A
@@ -18,12 +21,16 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
+from isal import igzip
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import GeometryError, ReadError
@@ -87,12 +94,20 @@ def read_volume(
 
 def _read_nifti(path: Path, volume_index: int | None) -> Volume:
     try:
-        image = nib.load(path)
+        image = _load_nifti(path)
         shape = tuple(int(s) for s in image.shape)
         index = _volume_index(path, shape, volume_index)
         proxy = image.dataobj if index is None else image.dataobj[..., index]
         source = np.asarray(proxy, dtype=np.float32)
-    except (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as error:
+    except (
+        ImageFileError,
+        HeaderDataError,
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        gzip.BadGzipFile,
+    ) as error:
         raise ReadError(f"{path}: not a readable NIfTI file ({error})") from error
     source = source.reshape(shape[:3])
     header = image.header
@@ -108,8 +123,22 @@ def _read_nifti(path: Path, volume_index: int | None) -> Volume:
     return make_volume(path, source, image.affine, metadata)
 
 
+def _load_nifti(path: Path) -> nib.Nifti1Image:
+    """A NIfTI-1 or -2 image; gzip inflated in one call, plain files memory-mapped."""
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(path)
+    raw = igzip.decompress(path.read_bytes())
+    header_size = int.from_bytes(raw[:4], "little") if len(raw) >= 4 else 0
+    if header_size not in (348, 540):
+        header_size = int.from_bytes(raw[:4], "big")
+    kind = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
+    return kind.from_bytes(raw)
+
+
 def read_itk(path: Path, volume_index: int | None = None) -> Volume:
     """Read one file with SimpleITK (NRRD, NHDR, MetaImage, single DICOM)."""
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -122,6 +151,8 @@ def volume_from_itk(
     path: Path, image: sitk.Image, metadata: dict[str, Any], volume_index: int | None = None
 ) -> Volume:
     """A :class:`Volume` from a SimpleITK image: LPS -> RAS, ``(z, y, x)`` -> ``(x, y, z)``."""
+    import SimpleITK as sitk
+
     size = tuple(int(s) for s in image.GetSize())
     components = image.GetNumberOfComponentsPerPixel()
     if image.GetDimension() == 4 or components > 1:

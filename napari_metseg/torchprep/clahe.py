@@ -1,0 +1,211 @@
+"""CLAHE of a batch of slices in torch, on any device, equal to scikit-image's.
+
+The method's only normalisation is ``skimage.exposure.equalize_adapthist`` per
+slice (Zuiderveld's CLAHE). The bundled model was trained on its output, so
+this batched version reproduces it step by step rather than approximately:
+the same 16-bit quantisation and rescale to 2^14 grey levels, the same bins,
+reflect padding and contextual regions, the same clipping with its
+redistribution loop, the same integer mappings and the same float32 sums of
+bilinear weights, truncated to integers before the final rescale to
+``[0, 1]``. Every slice is independent, so a whole case (sequences x slices)
+runs as one batch, in chunks that bound the memory of the gather indices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from napari_metseg.torchprep.chunks import slice_chunks
+
+#: Grey levels of skimage's CLAHE (``NR_OF_GRAY``) and its histogram bins.
+GREY_LEVELS = 2**14
+BINS = 256
+
+
+def clahe(
+    images: torch.Tensor, clip_limit: float = 0.01, kernel_size: int | None = None
+) -> torch.Tensor:
+    """CLAHE of every ``(H, W)`` image of a float ``(N, H, W)`` batch in ``[0, 1]``.
+
+    ``clip_limit`` is skimage's normalised clip limit; ``kernel_size`` the
+    contextual region in pixels (``None``: 1/8 of each side, skimage's
+    default). Returns float32 ``(N, H, W)`` in ``[0, 1]`` on the input's
+    device; all-zero images stay zero (they are not equalised).
+    """
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
+    n, height, width = images.shape
+    if kernel_size is None:
+        kernel = (max(height // 8, 1), max(width // 8, 1))
+    else:
+        kernel = (int(kernel_size), int(kernel_size))
+    out = torch.zeros((n, height, width), dtype=torch.float32, device=images.device)
+    busy = torch.nonzero(images.flatten(1).ne(0).any(1)).flatten()
+    for chunk in slice_chunks(busy.numel(), height * width, images.device):
+        index = busy[chunk]
+        out[index] = _equalise(images[index].float(), kernel, clip_limit)
+    return out
+
+
+def _equalise(images: torch.Tensor, kernel: tuple[int, int], clip_limit: float) -> torch.Tensor:
+    grey = _quantise(images)
+    bins = torch.div(grey, 1 + GREY_LEVELS // BINS, rounding_mode="floor")
+    mapping = _mappings(bins, kernel, clip_limit)
+    return _rescale(_interpolate(bins, mapping, kernel))
+
+
+def _quantise(images: torch.Tensor) -> torch.Tensor:
+    """``img_as_uint`` then ``rescale_intensity`` to ``[0, 2^14 - 1]``, rounded: int64.
+
+    The stretch runs in float64 as in skimage: its rounding ties decide bins.
+    """
+    grey = torch.round(images * 65535.0).clamp_(0, 65535).double()
+    low = grey.amin(dim=(1, 2), keepdim=True)
+    span = grey.amax(dim=(1, 2), keepdim=True) - low
+    flat = span == 0
+    if bool(flat.any()):  # constant images: skimage clips them into the output range
+        grey[flat.expand_as(grey)] = grey[flat.expand_as(grey)].clamp(max=GREY_LEVELS - 1)
+        low = torch.where(flat, 0.0, low)
+        span = torch.where(flat, float(GREY_LEVELS - 1), span)
+    grey.sub_(low).div_(span).mul_(float(GREY_LEVELS - 1))
+    return grey.round_().long()
+
+
+def _mappings(bins: torch.Tensor, kernel: tuple[int, int], clip_limit: float) -> torch.Tensor:
+    """Grey-level mapping of every contextual region: int64 ``(N, tiles_r, tiles_c, BINS)``."""
+    n, height, width = bins.shape
+    kr, kc = kernel
+    tiles_r, tiles_c = -(-height // kr), -(-width // kc)
+    rows = _reflect(tiles_r * kr, height, bins.device)
+    cols = _reflect(tiles_c * kc, width, bins.device)
+    region = bins
+    if rows is not None:
+        region = region[:, rows]
+    if cols is not None:
+        region = region[:, :, cols]
+    tiles = region.reshape(n, tiles_r, kr, tiles_c, kc).permute(0, 1, 3, 2, 4)
+    tiles = tiles.reshape(n * tiles_r * tiles_c, kr * kc)
+    offsets = torch.arange(tiles.shape[0], device=bins.device)[:, None] * BINS
+    hist = torch.bincount((tiles + offsets).flatten(), minlength=tiles.shape[0] * BINS)
+    hist = hist.view(-1, BINS)
+    elements = kr * kc
+    limit = max(int(clip_limit * elements), 1) if clip_limit > 0 else elements
+    hist = _clip(hist, limit)
+    scaled = torch.cumsum(hist, dim=1).double() * ((GREY_LEVELS - 1) / elements)
+    mapping = scaled.clamp_(max=GREY_LEVELS - 1).long()
+    return mapping.view(n, tiles_r, tiles_c, BINS)
+
+
+def _reflect(length: int, size: int, device: torch.device) -> torch.Tensor | None:
+    """Indices of ``np.pad(..., mode="reflect")`` extending ``size`` to ``length`` (None: no pad)."""
+    if length == size:
+        return None
+    index = torch.arange(length, device=device)
+    if size == 1:
+        return torch.zeros_like(index)
+    period = 2 * (size - 1)
+    index = index % period
+    return torch.where(index < size, index, period - index)
+
+
+def _clip(hist: torch.Tensor, limit: int) -> torch.Tensor:
+    """skimage's ``clip_histogram`` for every row of ``(tiles, BINS)``, in the same steps."""
+    n_excess = (hist - limit).clamp_(min=0).sum(1)
+    hist = hist.clamp(max=limit)
+    increment = torch.div(n_excess, BINS, rounding_mode="floor")
+    upper = (limit - increment)[:, None]
+    low = hist < upper
+    n_excess = n_excess - low.sum(1) * increment
+    hist = hist + low * increment[:, None]
+    middle = (hist >= upper) & (hist < limit)
+    n_excess = n_excess + (hist * middle).sum(1) - middle.sum(1) * limit
+    hist = torch.where(middle, limit, hist)
+    return _redistribute(hist, n_excess, limit)
+
+
+def _redistribute(hist: torch.Tensor, n_excess: torch.Tensor, limit: int) -> torch.Tensor:
+    """skimage's remaining-excess loop: strided +1 passes, tile by tile, all tiles at once.
+
+    Tiles run in lock-step over the start index; a tile leaves once its excess
+    is spent, or after a whole pass over the bins that spent nothing.
+    """
+    positions = torch.arange(BINS, device=hist.device)
+    active = torch.nonzero(n_excess > 0).flatten()
+    while active.numel():
+        rows, left = hist[active], n_excess[active]
+        before = left.clone()
+        live = torch.ones_like(left, dtype=torch.bool)
+        for start in range(BINS):
+            under = rows < limit
+            stride = torch.div(under.sum(1), left.clamp(min=1), rounding_mode="floor").clamp_(min=1)
+            hit = under & (positions >= start) & ((positions - start) % stride[:, None] == 0)
+            hit &= live[:, None]
+            rows += hit
+            left -= hit.sum(1)
+            live &= left > 0
+            if not bool(live.any()):
+                break
+        hist[active], n_excess[active] = rows, left
+        active = active[(left > 0) & (left != before)]
+    return hist
+
+
+def _interpolate(
+    bins: torch.Tensor, mapping: torch.Tensor, kernel: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinear blend of the four neighbouring regions' mappings, summed as skimage sums it.
+
+    Pixels of one padded block share their four regions: a table of the four
+    mappings per block and bin turns the blend into one gather of four values.
+    """
+    n, height, width = bins.shape
+    _, tiles_r, tiles_c, _ = mapping.shape
+    row_block, row_weight = _blocks(height, kernel[0], bins.device)
+    col_block, col_weight = _blocks(width, kernel[1], bins.device)
+    # float32 products are exact (so equal to skimage's float64 ones, rounded) when
+    # the weights are dyadic with few bits: power-of-two regions of <= 2^10 pixels.
+    exact32 = all(k & (k - 1) == 0 for k in kernel) and kernel[0] * kernel[1] <= 2**10
+    dtype = torch.float32 if exact32 else torch.float64
+    # maps padded by one region on every side, as skimage's edge-padded map array
+    padded = F.pad(mapping.to(dtype).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    corners = torch.stack(
+        [
+            padded[:, :, :-1, :-1],
+            padded[:, :, :-1, 1:],
+            padded[:, :, 1:, :-1],
+            padded[:, :, 1:, 1:],
+        ],
+        dim=-1,
+    )  # (n, BINS, tiles_r + 1, tiles_c + 1, 4)
+    table = corners.permute(0, 2, 3, 1, 4).reshape(-1, 4)
+    blocks = (tiles_r + 1) * (tiles_c + 1)
+    block = (row_block[:, None] * (tiles_c + 1) + col_block[None, :]) * BINS
+    base = torch.arange(n, device=bins.device)[:, None, None] * (blocks * BINS)
+    values = F.embedding(bins + (base + block), table)
+    row_w = torch.stack([1.0 - row_weight, row_weight], dim=1)
+    col_w = torch.stack([1.0 - col_weight, col_weight], dim=1)
+    weights = (col_w[None, :, None, :] * row_w[:, None, :, None]).reshape(height, width, 4)
+    if exact32:  # every product and partial sum is a multiple of 2^-10 below 2^14: exact
+        result = (values * weights.float()).sum(-1)
+    else:  # float64 products rounded to float32, summed in skimage's order
+        products = (values * weights).float()
+        result = products[..., 0] + products[..., 1]
+        result += products[..., 2]
+        result += products[..., 3]
+    return result.trunc_()
+
+
+def _blocks(size: int, kernel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel along one axis: its padded block and the float64 weight of the block's far side."""
+    padded = torch.arange(size, device=device) + kernel // 2
+    return torch.div(padded, kernel, rounding_mode="floor"), (padded % kernel).double() / kernel
+
+
+def _rescale(image: torch.Tensor) -> torch.Tensor:
+    """``rescale_intensity`` of each image to ``[0, 1]`` in float32 (constant images clipped)."""
+    low = image.amin(dim=(1, 2), keepdim=True)
+    high = image.amax(dim=(1, 2), keepdim=True)
+    span = high - low
+    stretched = (image - low) / torch.where(span > 0, span, 1.0)
+    return torch.where(span > 0, stretched, image.clamp(0.0, 1.0))
