@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU checks of a lent device machine in one command (see /work/.library/device):
+# CUDA tests, the inference benchmark and the correction-loop benchmark in full mode.
+#
+#   OUT=/some/folder bash scripts/device_checks.sh
+#
+# Needs the cp312 wheels of the core's missing dependencies in .whl/ (nibabel,
+# nilearn, connected-components-3d, isal) unless python3 already has them.
+# Writes cuda_tests.txt, bench_inference.txt and bench_correction.txt to $OUT.
+set -uo pipefail
+: "${OUT:?set OUT to the folder for the results}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=$PWD:/tmp/site
+fi
+export XDG_CACHE_HOME=/tmp/cache PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+nvidia-smi --query-gpu=name --format=csv,noheader
+python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep.py tests/test_engine.py \
+    tests/test_correction.py tests/test_losses.py tests/test_saliency.py \
+    tests/test_training_loop.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
+python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
+    | tee "$OUT/bench_inference.txt"
+python3 -m bench.correction_loop --device cuda --mode full --cases 2 --profiles tiny,five,wrong_undo \
+    --variants lopsided 2>&1 | grep -v INFO | tee "$OUT/bench_correction.txt"
