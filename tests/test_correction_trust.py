@@ -39,9 +39,24 @@ def test_growth_counts_candidate_volume_away_from_the_strokes_only() -> None:
     new[1, 0, 0] = 0.9  # near the stroke: not counted
     away = np.ones_like(base, dtype=bool)
     away[1] = False
-    growth = lesion_growth(new, base, away, 2.0, TrustRegion(growth_factor=1.5, growth_mm3=10))
+    region = TrustRegion(growth_factor=1.5, growth_mm3=10, component_mm3=8.0)
+    growth = lesion_growth(new, base, away, 2.0, region)
     assert (growth.base_mm3, growth.new_mm3, growth.allowed_mm3) == (8.0, 58.0, 22.0)
+    assert (growth.base_components, growth.new_components, growth.allowed_components) == (1, 2, 2)
     assert not growth.within and "cm^3" in growth.describe()
+
+
+def test_a_sprinkle_of_small_new_candidates_leaves_the_region() -> None:
+    """Little volume, many new candidates: the count bound catches what the volume misses."""
+    base = np.zeros((10, 40, 40), np.float32)
+    new = base.copy()
+    for i in range(3):
+        new[2 * i, 4 * i : 4 * i + 3, :3] = 0.5  # three 9-voxel candidates
+    away = np.ones_like(base, dtype=bool)
+    region = TrustRegion(growth_mm3=1000.0, extra_components=1, component_mm3=9.0)
+    growth = lesion_growth(new, base, away, 1.0, region)
+    assert growth.new_mm3 <= growth.allowed_mm3 and growth.new_components == 3
+    assert not growth.within
 
 
 @pytest.fixture(scope="module")
@@ -76,4 +91,5 @@ def test_one_dab_on_a_one_voxel_lesion_stays_inside_the_bound(sample_case, mode)
     new = np.count_nonzero((result.probability >= 0.10) & away) * volume
     old = np.count_nonzero((base >= 0.10) & away) * volume
     assert new <= trust.growth_factor * old + trust.growth_mm3
+    assert result.growth.within
     assert np.count_nonzero(result.probability >= 0.10) < 2 * np.count_nonzero(base >= 0.10) + 2000

@@ -32,7 +32,7 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -92,11 +92,7 @@ class FinetuneResult:
             "corrected_loss_before": self.corrected_loss_before,
             "corrected_loss_after": self.corrected_loss_after,
             "final_loss": self.losses[-1] if self.losses else None,
-            "growth_mm3": {
-                "base": self.growth.base_mm3,
-                "new": self.growth.new_mm3,
-                "allowed": self.growth.allowed_mm3,
-            },
+            "away_from_strokes": asdict(self.growth),
             "n_samples": self.n_samples,
             "n_lesion_voxels": self.n_lesion_voxels,
             "n_not_lesion_voxels": self.n_not_lesion_voxels,
