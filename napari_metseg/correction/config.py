@@ -12,8 +12,6 @@ from napari_metseg.correction.trust import TrustRegion
 MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: Default learning rate per mode (AdamW).
 DEFAULT_LR = {"fast": 1e-4, "full": 2e-5}
-#: Slices per forward pass when scoring samples.
-CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class FinetuneConfig:
     ``random_slices`` others. ``trust`` bounds what may change away from the
     strokes; ``backoffs`` retries with half the steps and step size before a
     round is refused. ``dropout_rate``: sequence dropout probability;
-    ``dropout_draws``: cached draws per slice in fast mode.
+    ``dropout_draws``: presence draws per sample (the first is the case's own).
     """
 
     mode: str = "auto"
