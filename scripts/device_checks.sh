@@ -22,4 +22,4 @@ python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep.py tests/t
 python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
     | tee "$OUT/bench_inference.txt"
 python3 -m bench.correction_loop --device cuda --mode full --cases 2 --profiles tiny,five,wrong_undo \
-    --variants lopsided,ignore 2>&1 | grep -v INFO | tee "$OUT/bench_correction.txt"
+    --variants lopsided,weighted_ce,ignore 2>&1 | grep -v INFO | tee "$OUT/bench_correction.txt"
