@@ -7,7 +7,7 @@ Run under a virtual display from the repository root::
 It opens the sample case in a 1600 x 1000 napari window, docks the workbench
 as the Plugins menu does, runs the bundled model (the lesion table docks below
 the canvas), selects the most confident lesion, computes its saliency, then
-accepts a lesion and rejects another and runs one fast correction round, and
+paints a dab on the two largest lesions it missed and runs one fast correction round, and
 writes PNGs to ``docs/images/``. Timings are printed, so the README's figures
 can be refreshed from the same script. Workspaces go to a temporary folder.
 """
@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 
 import napari
+import numpy as np
 import torchvision  # noqa: F401  (before any OpenGL context: see napari_metseg.widgets)
 from qtpy.QtWidgets import QApplication
 
 from napari_metseg.cli.demo import sample_folder
 from napari_metseg.correction.workspace import WORKSPACES_ENV
+from napari_metseg.lesions import label_components
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
@@ -38,6 +40,21 @@ def wait_for(condition, timeout_s: float = 600.0) -> float:
         if time.perf_counter() - start > timeout_s:
             raise TimeoutError("the workbench did not finish in time")
     return time.perf_counter() - start
+
+
+def paint_missed_lesions(viewer: napari.Viewer, state, count: int = 2) -> None:
+    """What an annotator does: a 3x3 dab at the centre of the largest lesions the model missed."""
+    truth, lesions = label_components(state.case.truth > 0)
+    found = set(np.unique(truth[np.asarray(state.labels) > 0]).tolist())
+    sizes = np.bincount(truth.ravel())
+    missed = [i for i in np.argsort(-sizes) if i > 0 and sizes[i] and i not in found][:count]
+    layer = next(layer for layer in viewer.layers if layer.metadata.get("role") == "corrections")
+    data = np.asarray(layer.data).copy()
+    for lesion in missed:
+        z, r, c = np.round(np.argwhere(truth == lesion).mean(axis=0)).astype(int)
+        data[z, r - 1 : r + 2, c - 1 : c + 2] = 1
+    layer.data = data
+    print(f"painted {len(missed)} missed lesions ({[int(sizes[i]) for i in missed]} voxels)")
 
 
 def main() -> None:
@@ -70,12 +87,7 @@ def main() -> None:
         if layer.metadata.get("role") == "saliency":
             layer.visible = False
     workbench.tabs.setCurrentIndex(1)
-    labels = list(state.table["label"])
-    table.select_lesion(int(labels[0]))
-    table.mark_selected(1)
-    if len(labels) > 1:
-        table.select_lesion(int(labels[-1]))
-        table.mark_selected(2)
+    paint_missed_lesions(viewer, state)
     workbench.correction_panel.mode_combo.setCurrentIndex(1)  # fast
     workbench.correction.finetune()
     seconds = wait_for(lambda: state.worker is None)
