@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,8 @@ def test_growth_counts_candidate_volume_away_from_the_strokes_only() -> None:
     region = TrustRegion(growth_factor=1.5, growth_mm3=10, component_mm3=8.0)
     growth = lesion_growth(new, base, away, 2.0, region)
     assert (growth.base_mm3, growth.new_mm3, growth.allowed_mm3) == (8.0, 58.0, 22.0)
-    assert (growth.base_components, growth.new_components, growth.allowed_components) == (1, 2, 2)
+    # the 25-voxel block is new; the grown voxel near the strokes is not counted
+    assert (growth.new_candidates, growth.allowed_candidates) == (1, region.extra_components)
     assert not growth.within and "cm^3" in growth.describe()
 
 
@@ -53,10 +56,12 @@ def test_a_sprinkle_of_small_new_candidates_leaves_the_region() -> None:
     for i in range(3):
         new[2 * i, 4 * i : 4 * i + 3, :3] = 0.5  # three 9-voxel candidates
     away = np.ones_like(base, dtype=bool)
+    base[0, :3, :3] = 0.5  # the first one was there before: not new
     region = TrustRegion(growth_mm3=1000.0, extra_components=1, component_mm3=9.0)
     growth = lesion_growth(new, base, away, 1.0, region)
-    assert growth.new_mm3 <= growth.allowed_mm3 and growth.new_components == 3
+    assert growth.new_mm3 <= growth.allowed_mm3 and growth.new_candidates == 2
     assert not growth.within
+    assert lesion_growth(new, base, away, 1.0, replace(region, extra_components=2)).within
 
 
 @pytest.fixture(scope="module")
