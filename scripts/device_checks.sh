@@ -16,10 +16,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export XDG_CACHE_HOME=/tmp/cache PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 nvidia-smi --query-gpu=name --format=csv,noheader
-python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep.py tests/test_engine.py \
+timeout 70 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep.py tests/test_engine.py \
     tests/test_correction.py tests/test_losses.py tests/test_saliency.py \
     tests/test_training_loop.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
-python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
+timeout 100 python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
     | tee "$OUT/bench_inference.txt"
-python3 -m bench.correction_loop --device cuda --mode full --cases 2 --profiles tiny,five,wrong_undo \
+timeout 120 python3 -m bench.correction_loop --device cuda --mode full --cases 2 --profiles tiny,five \
     --variants lopsided,weighted_ce,ignore 2>&1 | grep -v INFO | tee "$OUT/bench_correction.txt"
