@@ -18,14 +18,13 @@ import torch
 from torch.nn import functional as F
 
 from napari_metseg.case import Case
-from napari_metseg.engine import Presence, presence_flags, resolve_device
+from napari_metseg.devices import resolve_device
 from napari_metseg.errors import GeometryError
 from napari_metseg.model import MetsegNet, apply_presence
 from napari_metseg.preprocess import prepare_case, resize_slices, restore_slices, stack_25d
+from napari_metseg.presence import Presence, presence_flags
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
-
-#: Probability at which the model's own prediction becomes the saliency target.
-TARGET_THRESHOLD = 0.10
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 
 def saliency_totals(gradient: torch.Tensor, n_sequences: int) -> np.ndarray:
@@ -150,7 +149,7 @@ def compute_saliency(
         x = apply_presence(x, present_t).requires_grad_(True)
         logits = model(x)
         if small_target is None:
-            labels = (torch.softmax(logits.detach(), dim=1)[:, 1] >= TARGET_THRESHOLD).long()
+            labels = (torch.softmax(logits.detach(), dim=1)[:, 1] >= CANDIDATE_THRESHOLD).long()
         else:
             labels = torch.from_numpy(small_target[chunk]).long().to(device)
         weights = torch.from_numpy(small_region[chunk]).to(device)

@@ -12,10 +12,12 @@ import torch
 
 from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.cli import main
-from napari_metseg.engine import Segmenter, presence_flags, resolve_device, segment
+from napari_metseg.devices import resolve_device
+from napari_metseg.engine import Segmenter, segment
 from napari_metseg.errors import Cancelled, DeviceError, ModelFileError, SequenceError
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, write_phantom
+from napari_metseg.presence import presence_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,6 +11,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_metseg.case import SEQUENCES
+from napari_metseg.devices import DEVICES, device_available, resolve_device
 from napari_metseg.errors import SequenceError
 from napari_metseg.layerdata import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
 from napari_metseg.saliency import SaliencyResult
@@ -40,6 +41,15 @@ def test_widget_builds_from_the_manifest(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
     assert isinstance(widget, Workbench)
     assert widget.case_panel.sequences == SEQUENCES
+
+
+def test_device_list_is_the_cli_one_and_auto_names_its_pick(make_napari_viewer, dock):
+    combo = dock(make_napari_viewer()).segment_panel.device_combo
+    items = [combo.itemData(i) for i in range(combo.count())]
+    assert tuple(items) == DEVICES
+    assert combo.itemText(0) == f"auto ({resolve_device('auto').type})"
+    for index, name in enumerate(DEVICES):
+        assert combo.model().item(index).isEnabled() == device_available(name)
 
 
 def test_layers_are_assigned_by_metadata_and_name(make_napari_viewer, tiny_case, dock):
