@@ -265,7 +265,7 @@ def score(
     scores = {}
     for off in settings_off:
         present = np.array([name not in off for name in config.sequences])
-        pooled, _ = evaluate_network(network, cases, present, config.context, device)
+        pooled, _ = evaluate_network(network, cases, present, device)
         scores[_off_name(off)] = {
             "average_precision": pooled.average_precision,
             "ci_low": pooled.ci_low,

@@ -79,7 +79,7 @@ class PreprocessConfig:
 class PreparedCase:
     """A case ready for the network.
 
-    ``volumes``: float32 ``(n_sequences, n_slices, size, size)``, CLAHE'd in
+    ``volumes``: float32 (float16 in a training set) ``(n_sequences, n_slices, size, size)``, CLAHE'd in
     ``[0, 1]``, exact zeros for absent sequences, channel order ``sequences``.
     ``present``: bool ``(n_sequences,)``. ``native_shape``: ``(slices, rows,
     cols)`` of the case's reference grid, for :func:`restore_slices`.

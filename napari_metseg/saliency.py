@@ -18,11 +18,10 @@ import torch
 from torch.nn import functional as F
 
 from napari_metseg.case import Case
-from napari_metseg.devices import resolve_device
+from napari_metseg.engine import Presence, Segmenter
 from napari_metseg.errors import GeometryError
 from napari_metseg.model import MetsegNet, apply_presence
-from napari_metseg.preprocess import prepare_case, resize_slices, restore_slices, stack_25d
-from napari_metseg.presence import Presence, presence_flags
+from napari_metseg.preprocess import resize_slices, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
@@ -109,11 +108,10 @@ def compute_saliency(
     """
     progress = progress or no_progress
     config = model.config
-    device = resolve_device(device)
-    model.to(device).eval()
-    prepared = prepare_case(
-        case, config.sequences, presence_flags(config.sequences, present), config.preprocess
-    )
+    # the engine's own pre-processing, on the model's device, so the input is the GUI's
+    segmenter = Segmenter(model, device)
+    device = segmenter.device
+    prepared = segmenter.prepare(case, present)
     n_slices, rows, cols = prepared.native_shape
     size, context = config.preprocess.size, config.preprocess.context
     for name, array in (("mask", mask), ("target", target)):
@@ -145,7 +143,7 @@ def compute_saliency(
     for start in range(0, slices.size, batch_size):
         check_cancel(cancel)
         chunk = slice(start, start + batch_size)
-        x = torch.from_numpy(stack_25d(prepared.volumes, slices[chunk], context)).to(device)
+        x = stack_25d(prepared.volumes, slices[chunk], context)
         x = apply_presence(x, present_t).requires_grad_(True)
         logits = model(x)
         if small_target is None:
