@@ -102,10 +102,19 @@ def test_presence_errors(case, model) -> None:
 
 
 def test_cancel_stops_between_batches(case, model) -> None:
+    """Cancel set by the progress callback after the first batch: no second batch runs."""
     cancel = threading.Event()
-    cancel.set()
+    batches = []
+
+    def progress(done: int, total: int, message: str) -> None:
+        if message.startswith("segmenting") and done > 0:
+            batches.append(done)
+            cancel.set()
+
+    segmenter = Segmenter(model, "cpu", batch_size=1)
     with pytest.raises(Cancelled):
-        segment(case, model, device="cpu", cancel=cancel)
+        segmenter(case, progress=progress, cancel=cancel)
+    assert batches == [1]
 
 
 def test_auto_device_without_gpu_is_cpu() -> None:
