@@ -56,8 +56,6 @@ COLUMNS: tuple[str, ...] = (
     "row_stop",
     "col_start",
     "col_stop",
-    "first_slice",
-    "last_slice",
 )
 
 #: Components with at most this many voxels get their diameter from all voxel
@@ -173,8 +171,6 @@ def lesion_table(
             "row_stop": bounds[:, 1, 1],
             "col_start": bounds[:, 2, 0],
             "col_stop": bounds[:, 2, 1],
-            "first_slice": bounds[:, 0, 0],
-            "last_slice": bounds[:, 0, 1] - 1,
         },
         columns=list(COLUMNS),
     )
