@@ -102,7 +102,7 @@ def compute_saliency(
     Region: the voxels of ``mask`` (a lesion, bool on the case grid), else the
     whole slice ``slice_index``, else the whole volume. The loss compares the
     prediction with ``target`` (bool on the case grid) or, by default, with
-    the model's own prediction thresholded at 0.10. Raises
+    the model's own prediction at :data:`~napari_metseg.thresholds.CANDIDATE_THRESHOLD`. Raises
     :class:`~napari_metseg.errors.GeometryError` for a mask or target off the
     case grid, ``ValueError`` for a slice outside the case or an empty region.
     """
