@@ -36,6 +36,7 @@ from napari_metseg.io.cases import list_cases
 from napari_metseg.io.layouts import PathOrPaths
 from napari_metseg.pipeline import RECORD, write_results
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def segment_cohort(
     segmenter: Segmenter,
     out: str | os.PathLike,
     present: Presence = None,
-    threshold: float = 0.10,
+    threshold: float = CANDIDATE_THRESHOLD,
     overwrite: bool = False,
     mapping: Mapping[str, str] | str | os.PathLike | None = None,
     share: Share | None = None,

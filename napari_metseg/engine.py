@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from napari_metseg.case import Case
-from napari_metseg.errors import DeviceError, ModelFileError, SequenceError
+from napari_metseg.devices import resolve_device
+from napari_metseg.errors import ModelFileError
 from napari_metseg.model import MetsegNet, apply_presence
 from napari_metseg.preprocess import (
     DevicePreparedCase,
@@ -37,6 +37,7 @@ from napari_metseg.preprocess import (
     prepare_volumes,
     stack_25d,
 )
+from napari_metseg.presence import Presence, presence_flags
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.torchprep.resize import resize
 
@@ -47,59 +48,6 @@ START_BATCH = {"cuda": 64, "mps": 16, "cpu": 8}
 
 #: Compute precisions a :class:`Segmenter` accepts (``auto`` picks per device).
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
-
-Presence = Sequence[str] | Sequence[bool] | Mapping[str, bool] | None
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA, else Apple MPS, else CPU; an explicit name is checked.
-
-    Raises :class:`DeviceError` (also a ``ValueError``) for a device PyTorch
-    cannot find.
-    """
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise DeviceError(f"unknown device {device!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was asked for, but PyTorch finds no CUDA device")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("device 'mps' was asked for, but PyTorch finds no Apple MPS device")
-    return device
-
-
-def presence_flags(sequences: Sequence[str], present: Presence) -> dict[str, bool]:
-    """Normalise the ways a caller names present sequences into ``{name: bool}``.
-
-    ``present`` may be ``None`` (all), a collection of names, a bool per model
-    sequence, or a mapping; unknown names raise :class:`SequenceError` naming
-    them.
-    """
-    if present is None:
-        return dict.fromkeys(sequences, True)
-    if isinstance(present, Mapping):
-        flags = {name: bool(present.get(name, True)) for name in sequences}
-        unknown = set(present) - set(sequences)
-    elif all(isinstance(item, str) for item in present):
-        flags = {name: name in present for name in sequences}
-        unknown = set(present) - set(sequences)
-    else:
-        if len(present) != len(sequences):
-            raise SequenceError(
-                f"{len(present)} presence flags for the {len(sequences)} sequences {sequences}"
-            )
-        return {name: bool(flag) for name, flag in zip(sequences, present, strict=True)}
-    if unknown:
-        raise SequenceError(
-            f"unknown sequences {sorted(unknown)}; the model uses {list(sequences)}"
-        )
-    return flags
 
 
 @dataclass(frozen=True)

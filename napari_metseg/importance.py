@@ -24,6 +24,7 @@ from napari_metseg.engine import segment
 from napari_metseg.errors import SequenceError
 from napari_metseg.lesions import lesion_table
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 #: The ``off`` value of the row of the run with every present sequence.
 NONE_OFF = "none"
@@ -76,7 +77,7 @@ def sequence_importance(
     case: Case,
     model: Any,
     present: Sequence[str] | None = None,
-    threshold: float = 0.10,
+    threshold: float = CANDIDATE_THRESHOLD,
     min_volume_mm3: float = 0.0,
     device: str = "auto",
     baseline: np.ndarray | None = None,

@@ -29,11 +29,9 @@ from scipy.spatial import ConvexHull, QhullError
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import GeometryError
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
-
-#: Probability from which a voxel belongs to a lesion candidate (METHOD.md).
-CANDIDATE_THRESHOLD = 0.10
 
 #: Neighbourhoods of 3D connected components: faces, + edges, + corners.
 CONNECTIVITIES: tuple[int, ...] = (6, 18, 26)
@@ -58,8 +56,6 @@ COLUMNS: tuple[str, ...] = (
     "row_stop",
     "col_start",
     "col_stop",
-    "first_slice",
-    "last_slice",
 )
 
 #: Components with at most this many voxels get their diameter from all voxel
@@ -83,7 +79,7 @@ class LesionTable(NamedTuple):
 def lesion_table(
     probability: np.ndarray,
     spacing: Sequence[float] | Geometry,
-    threshold: float = 0.10,
+    threshold: float = CANDIDATE_THRESHOLD,
     min_volume_mm3: float = 0.0,
     affine: np.ndarray | None = None,
     connectivity: int = 26,
@@ -175,8 +171,6 @@ def lesion_table(
             "row_stop": bounds[:, 1, 1],
             "col_start": bounds[:, 2, 0],
             "col_stop": bounds[:, 2, 1],
-            "first_slice": bounds[:, 0, 0],
-            "last_slice": bounds[:, 0, 1] - 1,
         },
         columns=list(COLUMNS),
     )

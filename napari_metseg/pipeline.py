@@ -17,6 +17,7 @@ from napari_metseg.io import write_probability, write_volume
 from napari_metseg.lesions import lesion_table, write_lesion_table
 from napari_metseg.model import MetsegNet
 from napari_metseg.progress import ProgressCallback
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def segment_to_files(
     out: str | Path,
     present: Presence = None,
     device: str = "auto",
-    threshold: float = 0.10,
+    threshold: float = CANDIDATE_THRESHOLD,
     write_sequences: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
@@ -59,7 +60,7 @@ def write_results(
     case: Case,
     segmentation: Segmentation,
     out: str | Path,
-    threshold: float = 0.10,
+    threshold: float = CANDIDATE_THRESHOLD,
     write_sequences: bool = False,
     stages: dict[str, float] | None = None,
 ) -> SegmentedFiles:

@@ -25,7 +25,7 @@ shared by training and inference.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch
 
 from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.errors import GeometryError, ReadError, SequenceError
+from napari_metseg.presence import Presence, presence_flags
 from napari_metseg.torchprep.clahe import clahe
 from napari_metseg.torchprep.resize import resize
 
@@ -78,7 +79,7 @@ class PreprocessConfig:
 class PreparedCase:
     """A case ready for the network.
 
-    ``volumes``: float32 ``(n_sequences, n_slices, size, size)``, CLAHE'd in
+    ``volumes``: float32 (float16 in a training set) ``(n_sequences, n_slices, size, size)``, CLAHE'd in
     ``[0, 1]``, exact zeros for absent sequences, channel order ``sequences``.
     ``present``: bool ``(n_sequences,)``. ``native_shape``: ``(slices, rows,
     cols)`` of the case's reference grid, for :func:`restore_slices`.
@@ -97,14 +98,13 @@ class PreparedCase:
 def prepare_case(
     case: Case,
     sequences: Sequence[str] = SEQUENCES,
-    present: Sequence[bool] | Mapping[str, bool] | None = None,
+    present: Presence = None,
     config: PreprocessConfig = PreprocessConfig(),
 ) -> PreparedCase:
     """Normalise, resize and CLAHE every sequence of ``case`` the model uses.
 
     ``sequences`` are the model's sequence names in channel order. ``present``
-    switches sequences off (a bool per name in ``sequences``, or a mapping
-    name -> bool; names left out of a mapping count as present). A sequence
+    switches sequences off (read by :func:`~napari_metseg.presence.presence_flags`). A sequence
     the case lacks is absent whatever ``present`` says. Sequences of the case
     that the model does not use are ignored (and logged).
 
@@ -142,7 +142,7 @@ class DevicePreparedCase:
 def prepare_volumes(
     case: Case,
     sequences: Sequence[str] = SEQUENCES,
-    present: Sequence[bool] | Mapping[str, bool] | None = None,
+    present: Presence = None,
     config: PreprocessConfig = PreprocessConfig(),
     device: torch.device | str = "cpu",
 ) -> DevicePreparedCase:
@@ -153,7 +153,7 @@ def prepare_volumes(
     """
     device = torch.device(device)
     sequences = tuple(sequences)
-    wanted = _presence(sequences, present)
+    wanted = list(presence_flags(sequences, present).values())
     ignored = [name for name in case.sequences if name not in sequences]
     if ignored:
         logger.info("case %r: ignoring sequences the model does not use: %s", case.name, ignored)
@@ -195,26 +195,6 @@ def prepare_volumes(
     return DevicePreparedCase(
         volumes, sequences, flags, (n_slices, rows, cols), tissue_flags, config
     )
-
-
-def _presence(
-    sequences: tuple[str, ...], present: Sequence[bool] | Mapping[str, bool] | None
-) -> list[bool]:
-    if present is None:
-        return [True] * len(sequences)
-    if isinstance(present, Mapping):
-        unknown = sorted(set(present) - set(sequences))
-        if unknown:
-            raise SequenceError(
-                f"presence names unknown sequences {unknown}; the model uses {list(sequences)}"
-            )
-        return [bool(present.get(name, True)) for name in sequences]
-    flags = [bool(flag) for flag in present]
-    if len(flags) != len(sequences):
-        raise SequenceError(
-            f"presence has {len(flags)} entries {flags} for {len(sequences)} sequences {list(sequences)}"
-        )
-    return flags
 
 
 def intensity_window(volume: np.ndarray, label: str = "volume") -> tuple[float, float] | None:

@@ -18,14 +18,12 @@ import torch
 from torch.nn import functional as F
 
 from napari_metseg.case import Case
-from napari_metseg.engine import Presence, presence_flags, resolve_device
+from napari_metseg.engine import Presence, Segmenter
 from napari_metseg.errors import GeometryError
 from napari_metseg.model import MetsegNet, apply_presence
-from napari_metseg.preprocess import prepare_case, resize_slices, restore_slices, stack_25d
+from napari_metseg.preprocess import resize_slices, restore_slices, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
-
-#: Probability at which the model's own prediction becomes the saliency target.
-TARGET_THRESHOLD = 0.10
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 
 def saliency_totals(gradient: torch.Tensor, n_sequences: int) -> np.ndarray:
@@ -104,17 +102,16 @@ def compute_saliency(
     Region: the voxels of ``mask`` (a lesion, bool on the case grid), else the
     whole slice ``slice_index``, else the whole volume. The loss compares the
     prediction with ``target`` (bool on the case grid) or, by default, with
-    the model's own prediction thresholded at 0.10. Raises
+    the model's own prediction at :data:`~napari_metseg.thresholds.CANDIDATE_THRESHOLD`. Raises
     :class:`~napari_metseg.errors.GeometryError` for a mask or target off the
     case grid, ``ValueError`` for a slice outside the case or an empty region.
     """
     progress = progress or no_progress
     config = model.config
-    device = resolve_device(device)
-    model.to(device).eval()
-    prepared = prepare_case(
-        case, config.sequences, presence_flags(config.sequences, present), config.preprocess
-    )
+    # the engine's own pre-processing, on the model's device, so the input is the GUI's
+    segmenter = Segmenter(model, device)
+    device = segmenter.device
+    prepared = segmenter.prepare(case, present)
     n_slices, rows, cols = prepared.native_shape
     size, context = config.preprocess.size, config.preprocess.context
     for name, array in (("mask", mask), ("target", target)):
@@ -146,11 +143,11 @@ def compute_saliency(
     for start in range(0, slices.size, batch_size):
         check_cancel(cancel)
         chunk = slice(start, start + batch_size)
-        x = torch.from_numpy(stack_25d(prepared.volumes, slices[chunk], context)).to(device)
+        x = stack_25d(prepared.volumes, slices[chunk], context)
         x = apply_presence(x, present_t).requires_grad_(True)
         logits = model(x)
         if small_target is None:
-            labels = (torch.softmax(logits.detach(), dim=1)[:, 1] >= TARGET_THRESHOLD).long()
+            labels = (torch.softmax(logits.detach(), dim=1)[:, 1] >= CANDIDATE_THRESHOLD).long()
         else:
             labels = torch.from_numpy(small_target[chunk]).long().to(device)
         weights = torch.from_numpy(small_region[chunk]).to(device)

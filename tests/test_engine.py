@@ -12,10 +12,12 @@ import torch
 
 from napari_metseg.case import SEQUENCES, Case
 from napari_metseg.cli import main
-from napari_metseg.engine import Segmenter, presence_flags, resolve_device, segment
+from napari_metseg.devices import resolve_device
+from napari_metseg.engine import Segmenter, segment
 from napari_metseg.errors import Cancelled, DeviceError, ModelFileError, SequenceError
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, write_phantom
+from napari_metseg.presence import presence_flags
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,10 +102,19 @@ def test_presence_errors(case, model) -> None:
 
 
 def test_cancel_stops_between_batches(case, model) -> None:
+    """Cancel set by the progress callback after the first batch: no second batch runs."""
     cancel = threading.Event()
-    cancel.set()
+    batches = []
+
+    def progress(done: int, total: int, message: str) -> None:
+        if message.startswith("segmenting") and done > 0:
+            batches.append(done)
+            cancel.set()
+
+    segmenter = Segmenter(model, "cpu", batch_size=1)
     with pytest.raises(Cancelled):
-        segment(case, model, device="cpu", cancel=cancel)
+        segmenter(case, progress=progress, cancel=cancel)
+    assert batches == [1]
 
 
 def test_auto_device_without_gpu_is_cpu() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import reproduce  # noqa: E402
+from experiments import report, reproduce  # noqa: E402
 
 
 @pytest.mark.slow
@@ -53,3 +53,51 @@ def test_sigterm_ends_the_worker_processes_too():
         reproduce.stop_workers(signal.SIGTERM)
     worker.join(timeout=10)
     assert not worker.is_alive() and stopped.value.code == 128 + signal.SIGTERM
+
+
+def _results(sensitivity: dict[str, float], lost_map: dict[str, float]) -> dict:
+    """Scores as ``collect`` returns them: max sensitivity per ``run`` or ``run/off``, and
+    the dropout network's mAP with each sequence off (``lost_map``)."""
+
+    def scores(value: float, average_precision: float = 0.5) -> dict[str, float]:
+        return {"max_sensitivity": value, "average_precision": average_precision}
+
+    results: dict = {run.name: {} for run in reproduce.RUNS}
+    for key, value in sensitivity.items():
+        run, _, off = key.partition("/")
+        results[run][off or "none"] = scores(value)
+    for name, average_precision in lost_map.items():
+        results["dropout"].setdefault(name, scores(0.5))["average_precision"] = average_precision
+    return results
+
+
+AGREEING = {
+    "no_dropout": 0.9,
+    "no_dropout/bravo": 0.1,
+    "dropout": 0.8,
+    "dropout/bravo": 0.7,
+    "without_bravo": 0.75,
+    "stochastic_ce": 0.2,
+    "stochastic_lopsided": 0.72,
+    "size_ce": 0.2,
+    "size_lopsided": 0.7,
+}
+RANKED = {"bravo": 0.1, "cube_pre": 0.2, "cube_post": 0.4, "flair": 0.6}
+
+
+def test_verdicts_follow_their_rules():
+    rows = report.verdicts(_results(AGREEING, RANKED))
+    assert [agrees for _, _, agrees in rows] == ["yes"] * 5
+    assert (
+        "0.90 -> 0.10" in rows[0][1] and "`bravo`, `cube_pre`, `cube_post`, `flair`" in rows[2][1]
+    )
+    assert "weighted CE 25%, lopsided bootstrap 90%" in rows[3][1]
+    disagreeing = AGREEING | {
+        "no_dropout/bravo": 0.6,  # no collapse: more than half kept
+        "dropout/bravo": 0.5,  # below 80 % of the dedicated network
+        "stochastic_lopsided": 0.3,  # helps, but by less than 20 points
+        "size_lopsided": 0.1,  # worse than weighted CE
+    }
+    flipped = {"bravo": 0.1, "cube_pre": 0.6, "cube_post": 0.2, "flair": 0.4}  # flair not last
+    rows = report.verdicts(_results(disagreeing, flipped))
+    assert [agrees for _, _, agrees in rows] == ["no", "no", "no", "partly", "no"]

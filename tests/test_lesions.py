@@ -44,8 +44,8 @@ def test_bounding_box_and_slices_are_half_open_and_inclusive():
     table, _ = lesion_table(two_lesions(), spacing=(1.0, 1.0, 1.0))
     bar, block = table.iloc[0], table.iloc[1]
     assert (bar.slice_start, bar.slice_stop, bar.row_start, bar.row_stop) == (5, 6, 6, 7)
-    assert (bar.col_start, bar.col_stop, bar.first_slice, bar.last_slice) == (7, 10, 5, 5)
-    assert (block.first_slice, block.last_slice) == (1, 2)
+    assert (bar.col_start, bar.col_stop) == (7, 10)
+    assert (block.slice_start, block.slice_stop) == (1, 3)
 
 
 def test_centroids_in_world_coordinates_through_a_non_identity_affine():

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import ReadError
-from napari_metseg.preprocess import PreprocessConfig
+from napari_metseg.preprocess import PreparedCase, PreprocessConfig
 from napari_metseg.training import datasets
 from napari_metseg.training.config import TrainConfig
 from napari_metseg.training.datasets import (
@@ -32,15 +32,15 @@ def toy_case(n_slices: int, lesion_slices: list[int], size: int = 8) -> Training
     for z in lesion_slices:
         mask[z, 2, 1] = True
     geometry = Geometry((n_slices, size, size), np.eye(4), (n_slices, size, size), np.eye(4))
-    return TrainingCase(
-        "toy",
+    prepared = PreparedCase(
         volumes.astype(np.float16),
+        ("a", "b"),
         np.array([True, True]),
+        (n_slices, size, size),
         np.ones(n_slices, dtype=bool),
-        mask.astype(np.uint8),
-        mask,
-        geometry,
+        PreprocessConfig(size=size, context=1),
     )
+    return TrainingCase("toy", prepared, mask.astype(np.uint8), mask, geometry)
 
 
 def test_split_file_resolves_relative_paths(tmp_path):

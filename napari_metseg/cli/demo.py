@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 
 from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
+from napari_metseg.devices import DEVICES
 from napari_metseg.errors import MetsegError, ModelFileError
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cuda", "cpu")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"voxel size of the sample case in mm (default {SAMPLE_SPACING})",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.10, help="lesion probability threshold (default 0.10)"
+        "--threshold",
+        type=float,
+        default=CANDIDATE_THRESHOLD,
+        help=f"lesion probability threshold (default {CANDIDATE_THRESHOLD})",
     )
     parser.set_defaults(func=run)
 
@@ -88,7 +91,11 @@ def sample_folder(spacing: float = SAMPLE_SPACING) -> Path:
 
 
 def write_results(
-    folder: Path, model_path: Path, out: Path, device: str = "auto", threshold: float = 0.10
+    folder: Path,
+    model_path: Path,
+    out: Path,
+    device: str = "auto",
+    threshold: float = CANDIDATE_THRESHOLD,
 ) -> None:
     """Segment the case in ``folder`` and write sequences, probability, mask and table to ``out``."""
     from napari_metseg.io import read_case
@@ -132,7 +139,7 @@ def _show(folder: Path, model: Path | None, device: str) -> None:
     viewer.open(folder, plugin="napari-metseg")
     _, workbench = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
     workbench.segment_panel.set_model_path(model)
-    workbench.segment_panel.device_combo.setCurrentIndex(DEVICES.index(device))
+    workbench.segment_panel.set_device(device)
     workbench.run()
     napari.run()
 

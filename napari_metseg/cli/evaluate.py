@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from napari_metseg.errors import GeometryError, ReadError
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--candidate-threshold",
         type=_probability,
-        default=0.10,
-        help="threshold of lesion candidates for detection (default 0.10, as the studies)",
+        default=CANDIDATE_THRESHOLD,
+        help=f"threshold of lesion candidates for detection (default {CANDIDATE_THRESHOLD})",
     )
     parser.add_argument(
         "--hit-distance",

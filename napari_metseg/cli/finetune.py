@@ -16,6 +16,7 @@ from napari_metseg.cli._progress import progress_bar
 from napari_metseg.correction import FinetuneConfig, finetune
 from napari_metseg.correction.config import MODES
 from napari_metseg.correction.objective import UNMARKED_MODES
+from napari_metseg.devices import DEVICES
 from napari_metseg.errors import GeometryError
 from napari_metseg.io import read_case, read_volume
 from napari_metseg.io.resample import resample_to
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--unmarked", default="teacher", choices=UNMARKED_MODES)
     parser.add_argument("--iterations", type=int, default=FinetuneConfig.iterations)
     parser.add_argument("--beta", type=float, default=FinetuneConfig.beta)
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--mapping", default=None, help="sequence mapping (JSON file or text)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_metseg.devices import DEVICES
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -31,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated sequences switched on (default: all the case has)",
     )
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument(
-        "--threshold", type=float, default=0.10, help="lesion probability threshold"
+        "--threshold", type=float, default=CANDIDATE_THRESHOLD, help="lesion probability threshold"
     )
     parser.add_argument("--mapping", default=None, help="sequence mapping (JSON file or text)")
     parser.add_argument(

@@ -13,6 +13,8 @@ import argparse
 import os
 from typing import Any
 
+from napari_metseg.devices import DEVICES
+
 #: Explicit flags: option name -> (setting, help).
 FLAGS: dict[str, tuple[str, str]] = {
     "--out": ("out_dir", "output folder for logs, checkpoints and model files"),
@@ -37,7 +39,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--val-sequences": ("val_sequences", "comma-separated sequences present in validation"),
     "--size": ("size", "slice size in pixels"),
     "--seed": ("seed", "random seed"),
-    "--device": ("device", "auto, cpu or cuda"),
+    "--device": ("device", ", ".join(DEVICES)),
     "--workers": ("workers", "processes preparing cases at once"),
 }
 

@@ -9,9 +9,10 @@ on the source grid.
 
 from __future__ import annotations
 
+from napari_metseg.io.formats import read_volume
 from napari_metseg.io.layouts import CaseSources, scan_case
 from napari_metseg.io.reader import read_case
-from napari_metseg.io.volume import Volume, read_volume
+from napari_metseg.io.volume import Volume
 from napari_metseg.io.writer import write_probability, write_volume
 
 __all__ = [

@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 
 from napari_metseg.errors import ReadError
-from napari_metseg.io.layouts import BRAINMETSHARE, PathOrPaths
-from napari_metseg.io.volume import VOLUME_SUFFIXES
+from napari_metseg.io.formats import VOLUME_SUFFIXES
+from napari_metseg.io.plans import BRAINMETSHARE, PathOrPaths
 
 _NNUNET = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})\.nii(\.gz)?$", re.IGNORECASE)
 

@@ -1,4 +1,4 @@
-"""Read one MR volume into internal order ``(slice, row, col)``.
+"""The :class:`Volume` type and its readers per format, into internal order ``(slice, row, col)``.
 
 NIfTI goes through nibabel (``img.affine``: the sform or qform nibabel picks);
 a ``.nii.gz`` is inflated whole with ISA-L (``isal``, about 1.5x zlib's speed)
@@ -7,7 +7,8 @@ imported only for the formats that need it.
 NRRD / NHDR / MetaImage / single DICOM files go through SimpleITK, whose arrays
 are ``(z, y, x)`` in LPS world coordinates: they are transposed to ``(x, y, z)``
 and the affine built from spacing, origin and direction is flipped to RAS. A
-folder is read as a DICOM series (:mod:`napari_metseg.io.dicom`). Every reader
+folder is read as a DICOM series (:mod:`napari_metseg.io.dicom`); :func:`napari_metseg.io.formats.read_volume`
+picks the reader a path needs. Every reader
 ends in :meth:`Geometry.from_source` and :meth:`Geometry.to_internal`, so the
 world position of each voxel is exactly the file's.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -37,11 +37,6 @@ from napari_metseg.errors import GeometryError, ReadError
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-ITK_SUFFIXES: tuple[str, ...] = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-#: Every single-file format :func:`read_volume` takes.
-VOLUME_SUFFIXES: tuple[str, ...] = NIFTI_SUFFIXES + ITK_SUFFIXES
-
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -60,39 +55,7 @@ class Volume:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def read_volume(
-    path: str | os.PathLike, volume_index: int | None = None, series: str | None = None
-) -> Volume:
-    """Read a NIfTI, NRRD/NHDR, MHA/MHD or DICOM file, or a DICOM series folder.
-
-    ``volume_index`` picks one volume of a 4D file (or one component of a
-    vector image); a 4D file without it is an error. ``series`` picks a DICOM
-    series in a folder by SeriesInstanceUID or SeriesDescription (default: the
-    largest, with a note listing the others).
-
-    Raises :class:`ReadError` for missing, unreadable or corrupt files, 4D data
-    without ``volume_index`` and NaN/inf voxels; :class:`GeometryError` for 2D
-    images.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ReadError(f"{path}: no such file or folder")
-    if path.is_dir():
-        from napari_metseg.io.dicom import read_dicom_series
-
-        return read_dicom_series(path, series=series)
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return _read_nifti(path, volume_index)
-    if name.endswith(ITK_SUFFIXES):
-        return read_itk(path, volume_index)
-    raise ReadError(
-        f"{path}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)} "
-        "or a DICOM series folder"
-    )
-
-
-def _read_nifti(path: Path, volume_index: int | None) -> Volume:
+def read_nifti(path: Path, volume_index: int | None) -> Volume:
     try:
         image = _load_nifti(path)
         shape = tuple(int(s) for s in image.shape)

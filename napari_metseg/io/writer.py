@@ -20,6 +20,7 @@ import numpy as np
 from isal import igzip
 
 from napari_metseg.case import Geometry
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def write_probability(
     path: str | os.PathLike,
     probability: np.ndarray,
     geometry: Geometry,
-    threshold: float | None = 0.10,
+    threshold: float | None = CANDIDATE_THRESHOLD,
 ) -> Path:
     """Write a lesion probability ``[0, 1]`` compactly: uint16 with ``scl_slope`` 2^-15.
 

@@ -45,6 +45,7 @@ from napari_metseg.metrics.voxel import (
     voxel_histogram,
     youden_threshold,
 )
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def evaluate_case(
     spacing: Sequence[float] | Geometry,
     affine: np.ndarray | None = None,
     threshold: float = 0.5,
-    candidate_threshold: float = 0.10,
+    candidate_threshold: float = CANDIDATE_THRESHOLD,
     hit_distance_mm: float = 1.0,
     fp_min_volume_mm3: float = 10.0,
     size_edges_mm: Sequence[float] = SIZE_EDGES_MM,

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_metseg.case import SEQUENCES
+from napari_metseg.devices import DEVICES
 from napari_metseg.errors import ReadError
 from napari_metseg.losses import LOSSES
 from napari_metseg.training.censoring import CENSOR_MODES
 
 #: Learning-rate schedules: constant, or DeepLab's polynomial decay ``(1 - t / T) ** 0.9``.
 LR_SCHEDULES: tuple[str, ...] = ("poly", "constant")
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

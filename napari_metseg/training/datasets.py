@@ -26,15 +26,16 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from napari_metseg.case import Case, Geometry
 from napari_metseg.errors import ReadError
-from napari_metseg.preprocess import PreprocessConfig, prepare_case, resize_slices
+from napari_metseg.preprocess import PreparedCase, PreprocessConfig, prepare_case, resize_slices
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.training.censoring import CensorRecord, censor_lesions
 
@@ -52,23 +53,33 @@ CACHE_VERSION = 1
 
 @dataclass
 class TrainingCase:
-    """One pre-processed case, as training and validation use it.
+    """One pre-processed case with its truth, as training and validation use it.
 
-    ``volumes``: float16 ``(n_seq, n_slices, size, size)``, zeros for absent
-    sequences. ``present``: bool ``(n_seq,)``. ``tissue``: bool
-    ``(n_slices,)``. ``truth``: uint8 native-grid ``(slices, rows, cols)``
+    ``prepared``: the engine's :class:`PreparedCase`, its volumes kept as
+    float16 ``(n_seq, n_slices, size, size)`` to halve the memory of a
+    training set. ``truth``: uint8 native-grid ``(slices, rows, cols)``
     lesion mask (after censoring), for validation metrics. ``mask``: bool
     ``(n_slices, size, size)``, ``truth`` resized to the network grid.
     ``geometry``: the case's reference grid (spacing for the metrics).
     """
 
     name: str
-    volumes: np.ndarray
-    present: np.ndarray
-    tissue: np.ndarray
+    prepared: PreparedCase
     truth: np.ndarray
     mask: np.ndarray
     geometry: Geometry
+
+    @property
+    def volumes(self) -> np.ndarray:
+        return self.prepared.volumes
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.prepared.present
+
+    @property
+    def tissue(self) -> np.ndarray:
+        return self.prepared.tissue
 
     @property
     def lesion_slices(self) -> np.ndarray:
@@ -182,12 +193,11 @@ def _cache_key(
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-@dataclass
-class _Prepared:
+class _Prepared(NamedTuple):
+    """A case before censoring: what a worker process hands back."""
+
     name: str
-    volumes: np.ndarray
-    present: np.ndarray
-    tissue: np.ndarray
+    prepared: PreparedCase
     truth: np.ndarray
     geometry: Geometry
 
@@ -214,33 +224,29 @@ def _prepare(
                     data["source_affine"],
                 )
                 logger.debug("case %s from cache %s", spec, cache_file)
-                return _Prepared(
-                    str(data["name"]),
+                prepared = PreparedCase(
                     data["volumes"],
+                    tuple(sequences),
                     data["present"],
+                    geometry.shape,
                     data["tissue"],
-                    data["truth"],
-                    geometry,
+                    config,
                 )
+                return _Prepared(str(data["name"]), prepared, data["truth"], geometry)
     case = load_case(spec, mapping, phantom_spacing, phantom_min_diameter)
     prepared = prepare_case(case, sequences, config=config)
-    result = _Prepared(
-        case.name,
-        prepared.volumes.astype(np.float16),
-        prepared.present,
-        prepared.tissue,
-        (np.asarray(case.truth) > 0).astype(np.uint8),
-        case.geometry,
-    )
+    prepared = replace(prepared, volumes=prepared.volumes.astype(np.float16))
+    truth = (np.asarray(case.truth) > 0).astype(np.uint8)
+    result = _Prepared(case.name, prepared, truth, case.geometry)
     if cache_file is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(
             partial,
             name=np.array(result.name),
-            volumes=result.volumes,
-            present=result.present,
-            tissue=result.tissue,
+            volumes=prepared.volumes,
+            present=prepared.present,
+            tissue=prepared.tissue,
             truth=result.truth,
             shape=np.array(case.geometry.shape),
             affine=case.geometry.affine,
@@ -313,9 +319,5 @@ def prepare_cases(
     cases = []
     for item, truth in zip(prepared, truths, strict=True):
         mask = resize_slices(truth.astype(np.float32), config.size, config.size) > 0.5
-        cases.append(
-            TrainingCase(
-                item.name, item.volumes, item.present, item.tissue, truth, mask, item.geometry
-            )
-        )
+        cases.append(TrainingCase(item.name, item.prepared, truth, mask, item.geometry))
     return cases, record

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from napari_metseg.devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -38,15 +40,6 @@ class DistributedContext:
     def main(self) -> bool:
         """True on the process that writes logs, checkpoints and model files."""
         return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def setup_distributed(device: str = "auto") -> DistributedContext:

@@ -91,8 +91,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("S (mm)", "centroid_z_mm", _number("centroid_z_mm", 1), "centre, RAS+ z in mm"),
     Column(
         "slices",
-        "first_slice",
-        lambda row: f"{int(row['first_slice'])}\N{EN DASH}{int(row['last_slice'])}",
+        "slice_start",
+        lambda row: f"{int(row['slice_start'])}\N{EN DASH}{int(row['slice_stop']) - 1}",
         "first and last slice holding the lesion (0-based)",
     ),
 )

@@ -31,6 +31,7 @@ from napari_metseg.errors import Cancelled, MetsegError
 from napari_metseg.layerdata import lesions_layer, probability_layer
 from napari_metseg.lesions import lesion_table
 from napari_metseg.model import load_model
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 from napari_metseg.widgets.layers import show_layer
 from napari_metseg.widgets.workers import background
 
@@ -74,7 +75,7 @@ class RunState(QObject):
         self.probability: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.table: pd.DataFrame | None = None
-        self.threshold = 0.10
+        self.threshold = CANDIDATE_THRESHOLD
         self.min_volume_mm3 = 0.0
         self.base_model: Path | None = None
         self.device = "auto"

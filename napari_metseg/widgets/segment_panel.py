@@ -25,10 +25,10 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from napari_metseg.devices import DEVICES, device_available, resolve_device
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 from napari_metseg.widgets.run_controls import RunControls
 
-#: Default probability threshold for lesion candidates (METHOD.md).
-DEFAULT_THRESHOLD = 0.10
 BUNDLED = "bundled default"
 
 
@@ -60,7 +60,7 @@ class SegmentPanel(RunControls, QGroupBox):
         self.status_label.setWordWrap(True)
         self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0.01, 0.99)
-        self.threshold_slider.setValue(DEFAULT_THRESHOLD)
+        self.threshold_slider.setValue(CANDIDATE_THRESHOLD)
         self.threshold_slider.setToolTip("probability above which voxels form lesion candidates")
         self.min_volume = QDoubleSpinBox()
         self.min_volume.setRange(0.0, 100_000.0)
@@ -107,7 +107,7 @@ class SegmentPanel(RunControls, QGroupBox):
         self.model_combo.setCurrentIndex(index)
 
     def device(self) -> str:
-        """``auto``, ``cuda`` or ``cpu``."""
+        """One of :data:`~napari_metseg.devices.DEVICES`."""
         return self.device_combo.currentData()
 
     def threshold(self) -> float:
@@ -116,14 +116,27 @@ class SegmentPanel(RunControls, QGroupBox):
     def min_volume_mm3(self) -> float:
         return float(self.min_volume.value())
 
+    def set_device(self, name: str) -> None:
+        """Select the device ``name`` (one of :data:`~napari_metseg.devices.DEVICES`)."""
+        index = self.device_combo.findData(name)
+        if index < 0:
+            raise ValueError(f"unknown device {name!r}; choose one of {list(DEVICES)}")
+        self.device_combo.setCurrentIndex(index)
+
     def _fill_devices(self) -> None:
-        cuda = torch.cuda.is_available()
-        name = torch.cuda.get_device_name(0) if cuda else "no CUDA device found"
-        self.device_combo.addItem(f"auto ({'cuda' if cuda else 'cpu'})", "auto")
-        self.device_combo.addItem(f"cuda ({name})", "cuda")
-        self.device_combo.addItem("cpu", "cpu")
-        if not cuda:
-            self.device_combo.model().item(1).setEnabled(False)
+        """One item per device; ``auto`` names what it picks, missing devices are greyed."""
+        for name in DEVICES:
+            if name == "auto":
+                label = f"auto ({resolve_device('auto').type})"
+            elif name == "cuda" and device_available("cuda"):
+                label = f"cuda ({torch.cuda.get_device_name(0)})"
+            elif not device_available(name):
+                label = f"{name} (not found)"
+            else:
+                label = name
+            self.device_combo.addItem(label, name)
+            if not device_available(name):
+                self.device_combo.model().item(self.device_combo.count() - 1).setEnabled(False)
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model file")

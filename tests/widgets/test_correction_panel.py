@@ -360,8 +360,8 @@ def test_a_scripted_session_keeps_one_layer_each_and_reports_changed_lesions(
     after[20:22, 50:52, 40:42] = 0.6  # D new; B removed
     real = correction_loop.finetune_round
 
-    def tuned_prediction(*args):
-        round_ = real(*args)  # the round runs; its prediction is replaced by a known one
+    def tuned_prediction(*args, **kwargs):
+        round_ = real(*args, **kwargs)  # the round runs; its prediction is replaced by a known one
         return correction_loop.Round(round_.version, after, round_.result)
 
     monkeypatch.setattr(correction_loop, "finetune_round", tuned_prediction)

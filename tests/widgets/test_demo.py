@@ -87,7 +87,8 @@ def test_demo_opens_the_case_docks_the_workbench_and_runs(
 
     monkeypatch.setattr(napari, "Viewer", viewer_factory)
     monkeypatch.setattr(napari, "run", lambda: None)
-    assert main(["demo", "--model", str(tmp_path / "tiny.safetensors"), "--spacing", "4"]) == 0
+    argv = ["demo", "--model", str(tmp_path / "tiny.safetensors"), "--spacing", "4"]
+    assert main([*argv, "--device", "cpu"]) == 0
     (viewer,) = viewers
     qtbot.waitUntil(lambda: "lesions" in viewer.layers, timeout=60_000)
     assert [layer.metadata["sequence"] for layer in viewer.layers][:4] == [
@@ -100,3 +101,4 @@ def test_demo_opens_the_case_docks_the_workbench_and_runs(
     assert [roles.count(r) for r in ("probability", "lesions", "corrections")] == [1, 1, 1]
     assert "probability" in viewer.layers
     assert "MetSeg workbench" in " ".join(viewer.window.dock_widgets)
+    assert fake_network == ["cpu"]

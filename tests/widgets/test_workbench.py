@@ -11,6 +11,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_metseg.case import SEQUENCES
+from napari_metseg.devices import DEVICES, device_available, resolve_device
 from napari_metseg.errors import SequenceError
 from napari_metseg.layerdata import LESIONS_LAYER, PROBABILITY_LAYER, case_layers
 from napari_metseg.saliency import SaliencyResult
@@ -40,6 +41,15 @@ def test_widget_builds_from_the_manifest(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
     assert isinstance(widget, Workbench)
     assert widget.case_panel.sequences == SEQUENCES
+
+
+def test_device_list_is_the_cli_one_and_auto_names_its_pick(make_napari_viewer, dock):
+    combo = dock(make_napari_viewer()).segment_panel.device_combo
+    items = [combo.itemData(i) for i in range(combo.count())]
+    assert tuple(items) == DEVICES
+    assert combo.itemText(0) == f"auto ({resolve_device('auto').type})"
+    for index, name in enumerate(DEVICES):
+        assert combo.model().item(index).isEnabled() == device_available(name)
 
 
 def test_layers_are_assigned_by_metadata_and_name(make_napari_viewer, tiny_case, dock):
@@ -195,10 +205,25 @@ def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
 
 
 def test_sequence_importance_switches_each_present_sequence_off(
-    qtbot, segmented, fake_engine, monkeypatch
+    qtbot, segmented, fake_engine, monkeypatch, tiny_case
 ):
+    """The engine's output depends on the presence: the 0.3 blob needs cube_pre, the 0.8
+    blob flair, and a third blob appears without cube_post; the table must show it."""
     from napari_metseg import importance
 
+    both = _two_blobs(tiny_case.shape)
+
+    def probability(present):
+        result = np.zeros_like(both)
+        if "cube_pre" in present:
+            result[10:13, 10:13, 10:13] = both[10:13, 10:13, 10:13]
+        if "flair" in present:
+            result[30:33, 40:43, 30:33] = both[30:33, 40:43, 30:33]
+        if "cube_post" not in present:
+            result[20:23, 20:23, 40:43] = 0.6
+        return result
+
+    fake_engine.probability = probability
     monkeypatch.setattr(importance, "segment", fake_engine)
     qtbot.mouseClick(segmented.explain_panel.importance_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: segmented.state.worker is None, timeout=TIMEOUT_MS)
@@ -208,14 +233,13 @@ def test_sequence_importance_switches_each_present_sequence_off(
         ("cube_pre", "cube_post"),
     ]
     table = segmented.explain_panel.importance_table
-    assert table.rowCount() == 4
-    assert [table.item(row, 0).text() for row in range(4)] == [
-        "(all on)",
-        "cube_pre",
-        "cube_post",
-        "flair",
+    rows = [[table.item(row, column).text() for column in range(4)] for row in range(4)]
+    assert rows == [
+        ["(all on)", "2", "0", "0"],
+        ["cube_pre", "1", "1", "0"],
+        ["cube_post", "3", "0", "1"],
+        ["flair", "1", "1", "0"],
     ]
-    assert {table.item(row, 2).text() for row in range(4)} == {"0"}
 
 
 def test_explaining_before_a_run_is_a_notification(make_napari_viewer, notifications, dock):
