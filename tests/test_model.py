@@ -12,7 +12,6 @@ from napari_metseg.model import (
     Features,
     ModelConfig,
     build_model,
-    default_model_path,
     load_model,
     read_model_config,
     save_model,
@@ -103,16 +102,18 @@ def _detach(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach()
 
 
-def test_bundled_model_file_loads_under_its_old_tensor_names() -> None:
-    from safetensors.torch import load_file
+def test_model_file_loads_under_its_old_tensor_names(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
 
-    stored = load_file(default_model_path() / "model.safetensors")
-    head = {name[len("head.") :]: t for name, t in stored.items() if name.startswith("head.")}
-    assert head, "the bundled file predates the rename; this test pins that it still loads"
-    model = load_model()
-    assert model.config.decoder == "none"
-    loaded = model.classifier.state_dict()
-    assert set(loaded) == set(head)
+    model = build_model(ModelConfig(backbone="light", preprocess=SMALL))
+    folder = save_model(model, tmp_path / "model")
+    stored = load_file(folder / "model.safetensors")
+    # Files written before the rename name the ASPP head "head." (the earlier bundled model).
+    renamed = {name.replace("classifier.", "head.", 1): t for name, t in stored.items()}
+    save_file(renamed, folder / "model.safetensors")
+    loaded = load_model(folder).classifier.state_dict()
+    head = {name[len("head.") :]: t for name, t in renamed.items() if name.startswith("head.")}
+    assert head and set(loaded) == set(head)
     for name, tensor in head.items():
         torch.testing.assert_close(loaded[name], tensor.to(loaded[name].dtype))
 

@@ -1,0 +1,235 @@
+"""Lesion detection of a model on fresh phantoms drawn unlike any training case.
+
+Usage: ``python -m bench.detection [--model PATH ...] [--cases 8] [--threads 2]
+[--lesions 15] [--repeat 3]`` from the repository root. ``--model`` may be given
+several times (default: the bundled model); every model sees the same cases.
+
+The cases. Seeds 31000, 31001, ... (the bundled models trained on 1000-1053
+and 20000-20053; the tests and the sample case use 7, 777 and 778). Each case
+takes its generator settings (noise, bias, vessels, contrast jitter,
+thick-slice FLAIR, subtle and ring lesions) from
+:func:`~napari_metseg.phantom.randomised` of another seed (33000, 33001, ...),
+so the settings are a fresh draw too, and a voxel size of 1.2 mm (even cases)
+or 1.0 mm (odd ones) instead of the drawn one. Generating a case takes 10-20
+s, so cases are cached as ``.npz`` in ``$TMPDIR/metseg-bench-detection``
+(keyed by the settings and the generator's source).
+
+Per model and sequence set (all four; without ``bravo``), pooled over the
+cases with :func:`~napari_metseg.metrics.evaluate_case` /
+:func:`~napari_metseg.metrics.evaluate_dataset` (candidates at 0.10, centre
+within 1 mm, METHOD.md):
+
+- sensitivity per size stratum of the truth lesion's LONGEST diameter
+  (:func:`~napari_metseg.lesions.longest_diameters`): < 3, 3-5, 5-10, >= 10 mm;
+- mAP; false-positive components of at least 10 mm^3 per case in the map the
+  plugin draws (p >= 0.10) and at p >= 0.5;
+- Dice of found lesions (each detected truth lesion against the candidates
+  that hit it) and the median ratio of their volumes (candidates / truth);
+- mean network seconds and whole-case seconds per case (pre-processing,
+  network, restore to the case grid and the lesion table).
+
+Then the network seconds of the sample case (``metseg demo``'s phantom, all
+four sequences), the best of ``--repeat`` runs. Timings on a shared CPU vary:
+take the minimum of repeated runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import tempfile
+import time
+from dataclasses import astuple
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
+from napari_metseg.case import SEQUENCES, Case, Geometry
+from napari_metseg.engine import Segmenter
+from napari_metseg.lesions import lesion_table
+from napari_metseg.metrics import (
+    CaseEvaluation,
+    evaluate_case,
+    evaluate_dataset,
+    false_positive_components,
+)
+from napari_metseg.model import load_model
+from napari_metseg.phantom import make_phantom, randomised
+
+FIRST_SEED = 31000
+#: Offset of the seed whose generator-settings draw a case uses.
+SETTINGS_SEED_OFFSET = 2000
+SPACINGS_MM = (1.2, 1.0)
+SIZE_EDGES_MM = (3.0, 5.0, 10.0)
+CANDIDATE_THRESHOLD = 0.10
+HIGH_THRESHOLD = 0.5
+FP_MIN_VOLUME_MM3 = 10.0
+SEQUENCE_SETS = {"all four": (), "without bravo": ("bravo",)}
+#: Seeds that trained, validated or test the bundled models; the bench must avoid them.
+USED_SEEDS = {*range(1000, 1054), *range(20000, 20054), 7, 777, 778}
+CACHE_DIR = Path(tempfile.gettempdir()) / "metseg-bench-detection"
+
+
+def bench_seeds(n_cases: int) -> list[int]:
+    seeds = [FIRST_SEED + index for index in range(n_cases)]
+    if USED_SEEDS & {*seeds, *(seed + SETTINGS_SEED_OFFSET for seed in seeds)}:
+        raise ValueError(f"{n_cases} cases reach seeds used in training or tests")
+    return seeds
+
+
+def bench_case(index: int, seed: int, n_lesions: int) -> Case:
+    """The phantom of ``seed``, generated once and then read from the cache."""
+    _, config = randomised(seed + SETTINGS_SEED_OFFSET)
+    spacing = SPACINGS_MM[index % len(SPACINGS_MM)]
+    key = hashlib.sha256(
+        repr((seed, spacing, n_lesions, astuple(config), _generator_digest())).encode()
+    ).hexdigest()[:16]
+    path = CACHE_DIR / f"phantom_{seed}_{spacing:g}mm_{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            geometry = Geometry.from_source(tuple(stored["source_shape"]), stored["source_affine"])
+            images = {name: stored[name] for name in SEQUENCES}
+            return Case(images, geometry, stored["truth"], f"phantom_{seed}", "bravo")
+    case = make_phantom(seed, n_lesions=n_lesions, spacing=spacing, config=config)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(
+        partial,
+        source_shape=np.asarray(case.geometry.source_shape),
+        source_affine=case.geometry.source_affine,
+        truth=case.truth,
+        **case.images,
+    )
+    partial.replace(path)
+    return case
+
+
+def _generator_digest() -> str:
+    """Digest of the phantom generator's source, so a changed generator misses the cache."""
+    folder = Path(make_phantom.__code__.co_filename).parent
+    digest = hashlib.sha256()
+    for file in sorted(folder.glob("*.py")):
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_case(
+    segmenter: Segmenter, case: Case, switched_off: tuple[str, ...]
+) -> tuple[CaseEvaluation, int, float, float]:
+    """``(evaluation, FP components >= 10 mm^3 at p >= 0.5, network s, whole-case s)``."""
+    present = tuple(name not in switched_off for name in segmenter.model.config.sequences)
+    start = time.perf_counter()
+    result = segmenter(case, present=present)
+    lesion_table(result.probability, case.geometry, CANDIDATE_THRESHOLD)
+    whole = time.perf_counter() - start
+    evaluation = evaluate_case(
+        result.probability,
+        case.truth,
+        case.geometry,
+        threshold=CANDIDATE_THRESHOLD,
+        candidate_threshold=CANDIDATE_THRESHOLD,
+        fp_min_volume_mm3=FP_MIN_VOLUME_MM3,
+        size_edges_mm=SIZE_EDGES_MM,
+        name=case.name,
+    )
+    high_fp = false_positive_components(
+        result.probability >= HIGH_THRESHOLD,
+        case.truth > 0,
+        case.geometry.voxel_volume,
+        FP_MIN_VOLUME_MM3,
+    )
+    return evaluation, high_fp, result.info.seconds, whole
+
+
+def volume_ratios(evaluation: CaseEvaluation) -> np.ndarray:
+    """Predicted / true volume of each found lesion (its hitting candidates together)."""
+    hits = evaluation.candidates[evaluation.candidates["is_tp"]]
+    predicted = hits.groupby("lesion")["volume_mm3"].sum()
+    truth = evaluation.lesions.set_index("lesion")["volume_mm3"]
+    return (predicted / truth.loc[predicted.index]).to_numpy(float)
+
+
+def summary_row(
+    label: str, sequences: str, runs: list[tuple[CaseEvaluation, int, float, float]]
+) -> dict[str, str]:
+    evaluations = [run[0] for run in runs]
+    pooled = evaluate_dataset(evaluations)
+    row = {"model": label, "sequences": sequences, "lesions": str(pooled.n_lesions)}
+    for stratum in pooled.size_sensitivity.itertuples():
+        row[f"{stratum.stratum}"] = f"{stratum.detected}/{stratum.lesions}"
+    found = [e.lesions.loc[e.lesions["detected"], "dice"] for e in evaluations]
+    found_dice = np.concatenate([f.to_numpy(float) for f in found])
+    ratios = np.concatenate([volume_ratios(e) for e in evaluations])
+    row |= {
+        "mAP": f"{pooled.average_precision:.2f}",
+        "FP/case@.10": f"{pooled.false_positives_min_volume_per_case:.1f}",
+        "FP/case@.5": f"{np.mean([run[1] for run in runs]):.1f}",
+        "found Dice": f"{np.mean(found_dice):.2f}" if found_dice.size else "-",
+        "vol ratio": f"{np.median(ratios):.2f}" if ratios.size else "-",
+        "net s": f"{np.mean([run[2] for run in runs]):.2f}",
+        "case s": f"{np.mean([run[3] for run in runs]):.2f}",
+    }
+    return row
+
+
+def sample_network_seconds(segmenter: Segmenter, repeat: int) -> float:
+    case = make_phantom(SAMPLE_SEED, spacing=SAMPLE_SPACING)
+    return min(segmenter(case).info.seconds for _ in range(repeat))
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(row.get(c, "")) for row in rows)) for c in columns}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |")
+    print("|" + "|".join("-" * (widths[c] + 2) for c in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(row.get(c, "").ljust(widths[c]) for c in columns) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", action="append", default=None, help="model folder (repeatable; default: bundled)"
+    )
+    parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--lesions", type=int, default=15, help="lesions per case")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of the network")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the sample-case timing")
+    args = parser.parse_args()
+    if args.cases < 1:
+        parser.error(f"--cases must be at least 1, got {args.cases}")
+    torch.set_num_threads(args.threads)
+    models = args.model or ["default"]
+    seeds = bench_seeds(args.cases)
+    cases = [bench_case(index, seed, args.lesions) for index, seed in enumerate(seeds)]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"(shared), torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"cases: seeds {seeds[0]}-{seeds[-1]}, {' / '.join(f'{s:g}' for s in SPACINGS_MM)} mm, "
+        f"settings drawn from seeds {seeds[0] + SETTINGS_SEED_OFFSET}-"
+        f"{seeds[-1] + SETTINGS_SEED_OFFSET}; size = longest diameter of the truth lesion"
+    )
+    rows, sample = [], {}
+    for path in models:
+        segmenter = Segmenter(load_model(path), "cpu")
+        for sequences, switched_off in SEQUENCE_SETS.items():
+            runs = [run_case(segmenter, case, switched_off) for case in cases]
+            rows.append(summary_row(path, sequences, runs))
+        sample[path] = sample_network_seconds(segmenter, args.repeat)
+    print_table(rows)
+    for path, seconds in sample.items():
+        print(
+            f"sample case (seed {SAMPLE_SEED}, {SAMPLE_SPACING} mm), network s, best of "
+            f"{args.repeat}, {args.threads} threads: {path}: {seconds:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
