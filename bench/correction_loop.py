@@ -44,10 +44,11 @@ from napari_metseg.case import Case
 from napari_metseg.correction import LESION, FinetuneConfig, empty_corrections, finetune
 from napari_metseg.engine import Segmenter
 from napari_metseg.errors import RunawayError
-from napari_metseg.lesions import CANDIDATE_THRESHOLD, label_components
+from napari_metseg.lesions import label_components
 from napari_metseg.model import MetsegNet, load_model
 from napari_metseg.phantom import make_phantom
 from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 PROFILES = ("tiny", "large", "reject", "wrong_undo", "five")
 #: Variant -> how unmarked voxels count.

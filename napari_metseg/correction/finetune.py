@@ -47,10 +47,12 @@ from napari_metseg.correction.samples import (
 )
 from napari_metseg.correction.steps import Passes, corrected_loss, make_batches, train_steps
 from napari_metseg.correction.trust import Growth, away_from_strokes, lesion_growth
-from napari_metseg.engine import Presence, Segmenter, presence_flags, resolve_device
+from napari_metseg.devices import resolve_device
+from napari_metseg.engine import Segmenter
 from napari_metseg.errors import GeometryError, RunawayError
 from napari_metseg.model import MetsegNet
 from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices
+from napari_metseg.presence import Presence, presence_flags
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from scipy import ndimage
 
 from napari_metseg.case import Geometry
 from napari_metseg.correction.samples import UNMARKED
-from napari_metseg.lesions import CANDIDATE_THRESHOLD, label_components
+from napari_metseg.lesions import label_components
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 
 @dataclass(frozen=True)
