@@ -24,10 +24,11 @@ and leaves the rest of the case unmarked. Three terms act on the network:
   notices the shift that matters most: a voxel the teacher puts at 0.05 moved
   to 0.125 costs it 0.03, while the mask at the 0.10 threshold gains it; the
   logit anchor charges the same shift 1.0. Measured on the sample case (one
-  3x3 dab on a missed 1-voxel lesion, head-only round, AdamW 1e-4, 30 steps):
-  without the anchor the lesion volume away from the dab grew from 24.6 to
-  71-193 cm^3 (and 190 cm^3 at 3e-5); with it, from 14.5 to 15.0 cm^3 while
-  the dab's lesion was found.
+  3x3 dab on a missed 1-voxel lesion, head-only round, AdamW, 30 steps):
+  without the anchor (the previous bundled model, lr 1e-5 to 1e-4) the lesion
+  volume away from the dab grew from 24.6 to 31-193 cm^3; with it (the
+  current bundled model, lr 1e-4), from 14.5 to 15.0 cm^3, and the dab's
+  lesion was found.
 - ``unmarked="ignore"`` drops the unmarked voxels altogether (only the
   strokes count); kept for the benchmark, where it shows why an anchor is
   needed (full mode on an H200: 103-140 cm^3 and 300 new candidates away from
