@@ -24,9 +24,11 @@ import numpy as np
 import torchvision  # noqa: F401  (before any OpenGL context: see napari_metseg.widgets)
 from qtpy.QtWidgets import QApplication
 
+from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
 from napari_metseg.cli.demo import sample_folder
 from napari_metseg.correction.workspace import WORKSPACES_ENV
 from napari_metseg.lesions import label_components
+from napari_metseg.phantom import make_phantom
 
 IMAGES = Path(__file__).resolve().parent / "images"
 
@@ -44,7 +46,7 @@ def wait_for(condition, timeout_s: float = 600.0) -> float:
 
 def paint_missed_lesions(viewer: napari.Viewer, state, count: int = 2) -> None:
     """What an annotator does: a 3x3 dab at the centre of the largest lesions the model missed."""
-    truth, lesions = label_components(state.case.truth > 0)
+    truth, _ = label_components(make_phantom(SAMPLE_SEED, spacing=SAMPLE_SPACING).truth > 0)
     found = set(np.unique(truth[np.asarray(state.labels) > 0]).tolist())
     sizes = np.bincount(truth.ravel())
     missed = [i for i in np.argsort(-sizes) if i > 0 and sizes[i] and i not in found][:count]
