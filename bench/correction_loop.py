@@ -17,7 +17,7 @@ time, each from the base model:
 - ``wrong_undo``: a 3x3 lesion dab on healthy white matter far from every
   lesion, one round, then undo (the previous model and prediction come back);
 - ``five``: five rounds, one dab per round on the next missed lesion (smallest
-  first), strokes accumulating, each round from the base model with every
+  first; then on found ones, as a confirming annotator does), strokes accumulating, each round from the base model with every
   stroke so far (as the workspace does).
 
 After each round (p >= 0.10, 26-connected candidates): painted lesions found
@@ -202,7 +202,7 @@ def profile_rounds(bench: Bench, model: MetsegNet, profile: str, variant: str, a
         )
         return [wrong, undone]
     rows = []
-    for lesion in (missed or lesions)[:5]:
+    for lesion in (missed + [lesion for lesion in lesions if lesion not in missed])[:5]:
         dab(corrections, truth, lesion)
         painted.add(lesion)
         rows.append(
