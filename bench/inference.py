@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.preprocess import best_of
 from napari_metseg.cli.demo import sample_folder
 from napari_metseg.cohort import segment_cohort
 from napari_metseg.engine import Segmenter
@@ -46,15 +47,6 @@ from napari_metseg.pipeline import write_results
 from napari_metseg.preprocess import stack_25d
 
 STAGES = ("read", "preprocess", "network", "restore", "components", "write")
-
-
-def best(repeat: int, function):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def make_model(name: str, preprocess):
@@ -98,7 +90,7 @@ def resnet_slice_seconds(device: torch.device, preprocess, repeat: int) -> float
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        return best(max(repeat, 3), one)[0]
+        return best_of(max(repeat, 3), one)[0]
 
 
 def cli_seconds(args: list[str], threads: int | None) -> float:
