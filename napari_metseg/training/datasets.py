@@ -257,6 +257,14 @@ def _prepare(
     return result
 
 
+def _one_thread() -> None:
+    """Each worker prepares one case on one core: with torch's default of a thread per core
+    in every worker, N workers on N cores would run N * N threads."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def prepare_cases(
     specs: Sequence[str],
     sequences: Sequence[str],
@@ -288,7 +296,9 @@ def prepare_cases(
     ]
     prepared: list[_Prepared] = []
     if workers > 1 and len(specs) > 1:
-        pool = ProcessPoolExecutor(min(workers, len(specs)), mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            min(workers, len(specs)), mp_context=get_context("spawn"), initializer=_one_thread
+        )
         try:
             futures = {pool.submit(_prepare, *args): index for index, args in enumerate(arguments)}
             by_index: dict[int, _Prepared] = {}
