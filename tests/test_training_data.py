@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from napari_metseg.case import Geometry
@@ -20,7 +21,12 @@ from napari_metseg.training.datasets import (
     phantom_specs,
     prepare_cases,
 )
-from napari_metseg.training.sampling import SliceSampler, make_batch, size_factors
+from napari_metseg.training.sampling import (
+    SliceSampler,
+    make_batch,
+    size_factors,
+    slice_sources,
+)
 
 
 def toy_case(n_slices: int, lesion_slices: list[int], size: int = 8) -> TrainingCase:
@@ -134,15 +140,17 @@ def test_sampler_skips_slices_without_tissue():
 
 
 def test_batch_layout_edges_and_flip():
-    cases = [toy_case(6, [0])]
-    x, y, present = make_batch(cases, [(0, 0), (0, 5)], context=1)
-    assert x.shape == (2, 6, 8, 8) and x.dtype == cases[0].volumes.dtype
+    sources = slice_sources([toy_case(6, [0])], torch.device("cpu"))
+    x, y, present = make_batch(sources, [(0, 0), (0, 5)], context=1)
+    assert x.shape == (2, 6, 8, 8) and x.dtype == sources[0].volumes.dtype
     # sequence-major, edge slice repeated: [s0 z-1, z, z+1, s1 z-1, z, z+1]
     assert x[0, :, 0, 0].tolist() == [0, 0, 1, 10, 10, 11]
     assert x[1, :, 0, 0].tolist() == [4, 5, 5, 14, 15, 15]
     assert y.shape == (2, 8, 8) and y[0, 2, 1] and not y[1].any()
     assert present.tolist() == [[True, True], [True, True]]
-    flips = [make_batch(cases, [(0, 0)], 1, np.random.default_rng(s))[1][0, 2, 6] for s in range(8)]
+    flips = [
+        make_batch(sources, [(0, 0)], 1, np.random.default_rng(s))[1][0, 2, 6] for s in range(8)
+    ]
     assert any(flips) and not all(flips)
 
 

@@ -57,7 +57,7 @@ from napari_metseg.training.distributed import (
 )
 from napari_metseg.training.records import log_row, plot_run
 from napari_metseg.training.run import TrainingRun
-from napari_metseg.training.sampling import SliceSampler
+from napari_metseg.training.sampling import SliceSampler, slice_sources
 from napari_metseg.training.steps import learning_rate, train_step, validate, validation_presence
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,7 @@ def _iterate(
     interval_losses: list[float] = []
     final_loss = math.nan
     val_present = validation_presence(config)
+    sources = slice_sources(train_cases, context.device)
     while run.iteration < config.iterations:
         stop = cancel is not None and cancel.is_set()
         if broadcast_flag(context, stop):
@@ -208,7 +209,7 @@ def _iterate(
         lr = learning_rate(config, run.iteration)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        interval_losses.append(train_step(run, train_cases, sampler, rng))
+        interval_losses.append(train_step(run, sources, sampler, rng))
         run.iteration += 1
         last = run.iteration == config.iterations
         if run.iteration % config.log_interval == 0 or last:

@@ -22,7 +22,7 @@ from napari_metseg.training.datasets import TrainingCase
 from napari_metseg.training.evaluation import evaluate_network
 from napari_metseg.training.records import append_csv
 from napari_metseg.training.run import TrainingRun
-from napari_metseg.training.sampling import SliceSampler, make_batch
+from napari_metseg.training.sampling import SliceSampler, SliceSource, make_batch
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +43,15 @@ def validation_presence(config: TrainConfig) -> np.ndarray:
 
 def train_step(
     run: TrainingRun,
-    cases: list[TrainingCase],
+    sources: list[SliceSource],
     sampler: SliceSampler,
     rng: np.random.Generator,
 ) -> float:
     """One optimiser step on a drawn batch; adds the input gradient to the saliency. Returns the loss."""
     config, device = run.config, run.context.device
     picks = sampler.sample(rng, config.batch_size)
-    x, y, present = make_batch(cases, picks, config.context, rng if config.flip else None)
-    inputs = torch.from_numpy(x).to(device).float()
-    target = torch.from_numpy(y).to(device)
-    presence = torch.from_numpy(present).to(device)
+    x, y, present = make_batch(sources, picks, config.context, rng if config.flip else None)
+    inputs, target, presence = x.to(device).float(), y.to(device), present.to(device)
     if config.sequence_dropout:
         generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
         inputs, presence = sequence_dropout(
