@@ -37,7 +37,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         lr=1e-3,
         iterations=6 if smoke else int(env("ITERATIONS", "6000")),
         batch_size=2 if smoke else int(env("BATCH", "32")),
-        val_interval=3 if smoke else int(env("VAL_INTERVAL", "250")),
+        val_interval=3 if smoke else int(env("VAL_INTERVAL", "500")),
         log_interval=1 if smoke else 50,
         device="cpu" if smoke else "cuda",
         out_dir=run,
