@@ -188,7 +188,7 @@ def main() -> None:
     bundled = None
     for name in backbones:
         model = make_model(name, load_model(None).config.preprocess).eval()
-        segmenter = Segmenter(model, device)
+        segmenter = Segmenter(model, device, fold_batchnorm=True)  # as metseg segment runs it
         if name == "bundled":
             bundled = segmenter
         if name.endswith(SPARSE):
