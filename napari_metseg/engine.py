@@ -289,10 +289,9 @@ def segment(
     a mapping name -> bool. Sequences the case lacks are absent anyway, and
     case sequences the model does not know are ignored (logged). ``model``
     is moved to the chosen device. For the skipped-slice count and timings,
-    call a :class:`Segmenter` instead; ``precision`` as there. The batch
-    norms are folded in a copy (``model`` itself is only moved).
+    call a :class:`Segmenter` instead; ``precision`` as there.
     """
-    segmenter = Segmenter(model, device, batch_size, precision, fold_batchnorm=True)
+    segmenter = Segmenter(model, device, batch_size, precision)
     return segmenter(case, present, progress, cancel).probability
 
 
