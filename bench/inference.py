@@ -6,7 +6,8 @@ Usage: ``python -m bench.inference [--device cpu|cuda] [--threads N] [--repeat 3
 On the sample case of ``metseg demo`` (written to the cache on first use) it prints:
 
 1. per model (the bundled model; ResNet-50 / output stride 8 with random
-   weights, the method's network), the best of ``--repeat`` seconds of every
+   weights, the method's network; batch norms folded, as ``metseg segment``
+   runs them), the best of ``--repeat`` seconds of every
    stage: read (four ``.nii.gz``), preprocess, network, restore, components
    (lesion table), write (probability, mask, table), the whole ``Segmenter``
    call (preprocess + network + restore) over the network time, the case in
