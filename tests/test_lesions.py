@@ -131,6 +131,43 @@ def test_longest_diameter_of_a_large_ball_uses_its_hull():
     assert 21.0 <= diameter <= 20.0 + np.sqrt(3.0)
 
 
+def brute_force_diameter(labels: np.ndarray, label: int, linear: np.ndarray) -> float:
+    """Distance plus voxel width over every pair of the lesion's voxels."""
+    points = np.argwhere(labels == label) @ linear.T
+    difference = points[:, None] - points[None]
+    distance = np.linalg.norm(difference, axis=2)
+    with np.errstate(invalid="ignore"):
+        extent = np.abs((difference / distance[..., None]) @ linear).sum(axis=2)
+    extent[distance == 0] = np.linalg.norm(linear, axis=0).max()
+    return float((distance + extent).max())
+
+
+def test_longest_diameters_equal_all_voxel_pairs_on_an_oblique_grid():
+    # blurred noise cut at two levels: many small blobs and a few big irregular ones
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.random((14, 20, 18)), 1.5)
+    linear = np.array([[0.0, 0.2, 1.3], [0.9, 0.1, 0.0], [0.1, 1.1, 0.3]])
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    for level in (np.quantile(field, 0.8), np.quantile(field, 0.6)):
+        labels, count = label_components(field >= level)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert sizes.max() > 100 and count > 3
+        expected = [brute_force_diameter(labels, k + 1, linear) for k in range(count)]
+        np.testing.assert_allclose(longest_diameters(labels, count, affine), expected, rtol=1e-12)
+
+
+def test_an_all_positive_map_is_one_lesion_measured_corner_to_corner():
+    # a bad model's map: every voxel positive, its hull the box's 8 corners
+    table, labels = lesion_table(np.full((60, 70, 80), 0.6, np.float32), (2.0, 1.0, 1.0))
+    assert len(table) == 1 and labels.min() == 1
+    span = np.array([59 * 2.0, 69.0, 79.0])
+    width = np.abs(span / np.linalg.norm(span) * [2.0, 1.0, 1.0]).sum()
+    np.testing.assert_allclose(table["diameter_mm"], [np.linalg.norm(span) + width])
+
+
 def test_bad_inputs_name_the_value():
     with pytest.raises(GeometryError, match="3D"):
         lesion_table(np.zeros((4, 4)), (1, 1, 1))

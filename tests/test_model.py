@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -216,8 +218,7 @@ def test_bad_model_files_raise_model_file_errors(tmp_path) -> None:
 
 def _residual_scales(model: torch.nn.Module) -> list[torch.Tensor]:
     """The batch-norm scale closing each residual branch of the backbone."""
-    from torchvision.models.mobilenetv3 import InvertedResidual
-    from torchvision.models.resnet import Bottleneck
+    from napari_metseg.model.backbones import Bottleneck, InvertedResidual
 
     scales = []
     for block in model.modules():
@@ -238,3 +239,56 @@ def test_residual_branches_start_at_zero_so_blocks_start_as_identities(backbone,
     with torch.no_grad():
         a, b = model(torch.rand(2, 20, 32, 32))
     assert a.shape == (2, 32, 32) and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet_v3_large"])
+def test_backbones_and_head_equal_torchvision_in_names_shapes_and_outputs(backbone) -> None:
+    # torch-only rebuilds (no torchvision import at run time) must read and compute like it
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
+
+    from napari_metseg.model.aspp import DeepLabHead
+    from napari_metseg.model.backbones import mobilenet_v3_large, resnet50
+
+    build = deeplabv3_resnet50 if backbone == "resnet50" else deeplabv3_mobilenet_v3_large
+    reference = build(weights=None, weights_backbone=None, num_classes=2)
+    first = "layer1" if backbone == "resnet50" else "3"  # the DeepLabv3+ stride-4 features
+    ours = resnet50(3) if backbone == "resnet50" else mobilenet_v3_large(3)
+    ours.return_layers[first] = "low"
+    reference.backbone.return_layers[first] = "low"
+    head = DeepLabHead(reference.classifier[0].convs[0][0].in_channels, 2)
+    for mine, theirs in ((ours, reference.backbone), (head, reference.classifier)):
+        expected = theirs.state_dict()
+        assert {k: v.shape for k, v in mine.state_dict().items()} == {
+            k: v.shape for k, v in expected.items()
+        }
+        for value in expected.values():  # non-trivial statistics and scales
+            if value.is_floating_point():
+                value.uniform_(0.5, 1.5)
+        mine.load_state_dict(expected)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for mode in (False, True):
+            ours.train(mode), head.train(mode), reference.train(mode)
+            torch.manual_seed(0)
+            got = ours(x)
+            torch.manual_seed(0)
+            want = reference.backbone(x)
+            assert got.keys() == want.keys()
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-5)
+        head.eval(), reference.eval()
+        torch.testing.assert_close(head(want["out"]), reference.classifier(want["out"]))
+
+
+def test_segmenting_imports_neither_torchvision_nor_dynamo() -> None:
+    # torchvision's ops import torch._dynamo: about 2.4 s of every `metseg segment`
+    code = (
+        "import sys\n"
+        "from napari_metseg.cli import main\n"
+        "from napari_metseg.cohort import segment_cohort\n"
+        "from napari_metseg.model import build_model, load_model, ModelConfig\n"
+        "load_model(None), build_model(ModelConfig(backbone='resnet50'))\n"
+        "print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     if cohort:
         cases = list_cases(source)
         cohort = not (len(cases) == 1 and cases[0][1] == Path(source))
-    segmenter = Segmenter(load_model(args.model), rank_device(args.device))
+    segmenter = Segmenter(load_model(args.model), rank_device(args.device), fold_batchnorm=True)
     if cohort:
         with progress_bar(not args.no_progress, unit="case") as progress:
             result = segment_cohort(

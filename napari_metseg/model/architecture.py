@@ -1,7 +1,8 @@
-"""2.5D DeepLabv3 variants on torchvision's implementation (METHOD.md, "The network").
+"""2.5D DeepLabv3 variants (METHOD.md, "The network").
 
-torchvision supplies the dilated backbones and the ASPP head; weights are never
-downloaded. The first convolution is rebuilt for ``slices_per_sequence``
+The dilated backbones and the ASPP head are torchvision's, rebuilt on torch
+alone (:mod:`~napari_metseg.model.backbones`, :mod:`~napari_metseg.model.aspp`;
+the same state-dict names); weights are never downloaded. The first convolution is rebuilt for ``slices_per_sequence``
 channels per sequence, the integration level decides where sequences meet, and
 the decoder (:mod:`napari_metseg.model.heads`) whether stride-4 detail joins.
 The network outputs logits of shape ``(batch, num_classes, H, W)`` at input
@@ -16,10 +17,13 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models.mobilenetv3 import InvertedResidual
-from torchvision.models.resnet import Bottleneck
-from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
+from napari_metseg.model.backbones import (
+    Bottleneck,
+    InvertedResidual,
+    mobilenet_v3_large,
+    resnet50,
+)
 from napari_metseg.model.config import SUBTRACTION_PAIR, ModelConfig
 from napari_metseg.model.heads import Features, PlainHead, PlusHead
 
@@ -45,15 +49,9 @@ def _backbone(name: str, in_channels: int, output_stride: int, low_level: bool) 
     stride-4 features as ``"low"`` (for the DeepLabv3+ decoder).
     """
     if name == "resnet50":
-        backbone = deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=2).backbone
-        backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        backbone = resnet50(in_channels)
     else:
-        backbone = deeplabv3_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=2
-        ).backbone
-        backbone["0"][0] = nn.Conv2d(
-            in_channels, 16, kernel_size=3, stride=2, padding=1, bias=False
-        )
+        backbone = mobilenet_v3_large(in_channels)
         if output_stride == 8:
             _mobilenet_output_stride_8(backbone)
     if low_level:

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
+
+from napari_metseg.model.aspp import ASPP, DeepLabHead
 
 #: Decoders: ``none`` (the method's DeepLabv3) or ``plus`` (DeepLabv3+).
 DECODERS: tuple[str, ...] = ("none", "plus")
@@ -73,7 +74,7 @@ def _join(parts: Sequence[Features], join) -> Features:
 
 
 class PlainHead(DeepLabHead):
-    """torchvision's DeepLabv3 head (ASPP, 3x3 conv, classifier); ignores ``low``."""
+    """DeepLabv3's head (ASPP, 3x3 conv, classifier); ignores ``low``."""
 
     def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
         return super().forward(out)

@@ -40,8 +40,10 @@ def clahe(
         kernel = (max(height // 8, 1), max(width // 8, 1))
     else:
         kernel = (int(kernel_size), int(kernel_size))
-    out = torch.zeros((n, height, width), dtype=torch.float32, device=images.device)
-    busy = torch.nonzero(images.flatten(1).ne(0).any(1)).flatten()
+    out = torch.empty((n, height, width), dtype=torch.float32, device=images.device)
+    nonzero = images.flatten(1).ne(0).any(1)
+    out[~nonzero] = 0.0
+    busy = torch.nonzero(nonzero).flatten()
     for chunk in slice_chunks(busy.numel(), height * width, images.device):
         index = busy[chunk]
         out[index] = _equalise(images[index].float(), kernel, clip_limit)
