@@ -41,7 +41,11 @@ rm -rf "$RUN"
 started=$(date +%s)
 "$PY" scripts/device_train.py "$SMOKE" "$LIMIT" "$RUN" 2>&1 | tee "$OUT/train.log"
 cp "$RUN/log.csv" "$OUT/log.csv" 2>/dev/null || true
-"$PY" scripts/bundle_model.py "$RUN" "scripts/device_train.sh $*" "$OUT/model"
+settings=""
+for name in TOTAL ITERATIONS BATCH VAL_INTERVAL CASES DECODER STRIDE; do
+    [[ -n ${!name:-} ]] && settings+="$name=${!name} "
+done
+"$PY" scripts/bundle_model.py "$RUN" "${settings}bash scripts/device_train.sh $*" "$OUT/model"
 ( cd "$OUT/model" && split -b 15M -d -a 1 model.safetensors model.safetensors.part- \
     && rm model.safetensors && ls -l )
 "$PY" - "$OUT/model/config.json" <<'PYTHON'

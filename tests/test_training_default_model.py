@@ -14,9 +14,9 @@ lesion; size = the truth lesion's longest diameter):
   10 of 10 in both settings; the model it replaced found 2 and 5 of 10, so
   this fails for a network that only sees large lesions.
 - Few false alarms: at most 3 false-positive components of 10 mm^3 or more
-  per case at p >= 0.5 (the shipped model: 1.0 and 0.5). The p >= 0.10 map
-  the plugin draws by default holds many more faint ones (TRAINING.md), so
-  no bar is set there yet.
+  per case at p >= 0.5 (the shipped model: 0.5 and 0.5), and at most 8 in
+  the p >= 0.10 map the plugin draws (the shipped model: 6.0 and 1.5; the
+  model it replaced drew 16 with all four sequences).
 - The network ranks lesion voxels above the rest of the head (voxel ROC AUC of
   at least 0.95; a random network scores about 0.5).
 - The files load without unpickling and record how they were made.
@@ -31,7 +31,7 @@ import pytest
 
 from napari_metseg.case import SEQUENCES
 from napari_metseg.engine import Segmenter
-from napari_metseg.metrics import evaluate_case, evaluate_dataset
+from napari_metseg.metrics import evaluate_case, evaluate_dataset, false_positive_components
 from napari_metseg.model import load_model, read_model_description
 from napari_metseg.phantom import make_phantom
 
@@ -43,6 +43,7 @@ MIN_SENSITIVITY = {"3-10 mm": 0.8, ">= 10 mm": 1.0}
 MIN_AUC = 0.95
 FP_MIN_VOLUME_MM3 = 10.0
 MAX_FALSE_POSITIVES_PER_CASE = 3.0
+MAX_FAINT_FALSE_POSITIVES_PER_CASE = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,17 @@ def test_bundled_model_finds_the_lesions_of_fresh_phantoms(
     fresh_cases, segmenter, switched_off
 ) -> None:
     present = tuple(name not in switched_off for name in SEQUENCES)
-    evaluations = []
+    evaluations, faint = [], []
     for case in fresh_cases:
         probability = segmenter(case, present=present).probability
+        faint.append(
+            false_positive_components(
+                probability >= CANDIDATE_THRESHOLD,
+                case.truth,
+                case.geometry.voxel_volume,
+                FP_MIN_VOLUME_MM3,
+            )
+        )
         evaluation = evaluate_case(
             probability,
             case.truth,
@@ -97,3 +106,4 @@ def test_bundled_model_finds_the_lesions_of_fresh_phantoms(
             f"{found} of {total} lesions of {stratum} found with {switched_off or 'nothing'} off"
         )
     assert pooled.false_positives_min_volume_per_case <= MAX_FALSE_POSITIVES_PER_CASE
+    assert sum(faint) / len(faint) <= MAX_FAINT_FALSE_POSITIVES_PER_CASE, f"p >= 0.10: {faint}"
