@@ -107,13 +107,20 @@ class CaseContext:
         Equal (to float tolerance) to segmenting the case with ``network``
         when its frozen part is the cached one.
         """
-        n_slices, size = self.prepared.volumes.shape[1], self.prepared.volumes.shape[2]
-        stack = torch.zeros((n_slices, size, size), dtype=torch.float32)
         network = network.eval()
-        with torch.inference_mode():
+        logits = []
+        with torch.no_grad():
             for start in range(0, self.slices.size, CHUNK):
                 check_cancel(cancel)
-                part = slice(start, start + CHUNK)
-                logits = network.decode(self.context[part])
-                stack[self.slices[part]] = torch.softmax(logits.float(), dim=1)[:, 1].cpu()
-        return restore_slices(stack.numpy(), self.prepared.native_shape)
+                logits.append(lesion_logit(network.decode(self.context[start : start + CHUNK])))
+        return self._restore(torch.cat(logits))
+
+    def base_probability(self) -> np.ndarray:
+        """The cached model's lesion probability on the case grid."""
+        return self._restore(self.teacher)
+
+    def _restore(self, logit: torch.Tensor) -> np.ndarray:
+        n_slices, size = self.prepared.volumes.shape[1], self.prepared.volumes.shape[2]
+        stack = np.zeros((n_slices, size, size), dtype=np.float32)
+        stack[self.slices] = torch.sigmoid(logit).cpu().numpy()
+        return restore_slices(stack, self.prepared.native_shape)
