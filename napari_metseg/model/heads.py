@@ -103,12 +103,13 @@ class PlusHead(nn.Module):
     pointwise convolution (with its batch norm and ReLU) and the classifier,
     a per-pixel two-layer network on 256 features at stride 4; :meth:`context`
     everything before it. Fast fine-tuning trains only :meth:`decode` on cached
-    context: on 2 CPU cores the backbone, the ASPP and the first refining
-    convolutions cost about 1.2 s per 8 slices, the whole decoder with its
-    stride-4 refinement still 0.35 s, and a training step of the whole decoder
-    on 4 slices 0.6 s, so a round could not predict the case after each
-    attempt and train 30 steps in 10 s; the split here decodes a case in well
-    under a second and trains a step in a few hundredths.
+    context. Measured with the bundled model on 2 shared CPU cores, per 8
+    slices of 256 x 256: backbone 2.8-4.3 s, ASPP 0.5-0.8 s, the decoder
+    after the ASPP 1.2-1.4 s, :meth:`decode` 0.23 s; one AdamW step on 4
+    slices 2.1-2.2 s through the decoder after the ASPP, 0.5 s through
+    :meth:`decode`. Training the whole decoder could therefore neither run
+    its 20-30 steps nor predict the case after each attempt within a 10 s
+    round.
     """
 
     def __init__(self, in_channels: int, low_channels: int, num_classes: int) -> None:
