@@ -24,7 +24,10 @@ After each round (p >= 0.10, 26-connected candidates): painted lesions found
 (a candidate overlaps the lesion), sensitivity on the lesions nobody painted,
 lesion volume outside the truth and false-positive components >= 10 mm^3, next
 to the base model's, the attempts the trust region needed, refusals, and the
-round's seconds (fine-tuning plus the whole-case prediction it returns).
+round's seconds (fine-tuning plus the whole-case prediction it returns). In
+fast mode the first round of a case builds the frozen-part cache of the case
+(``correction.cache``); later rounds reuse it, as a caller that keeps
+``FinetuneResult.cache`` does.
 Variants: unmarked voxels anchored to the frozen teacher with the lopsided
 bootstrap (beta 0.1), with class-weighted CE (beta 1), or ignored.
 """
@@ -42,6 +45,7 @@ import torch
 
 from napari_metseg.case import Case
 from napari_metseg.correction import LESION, FinetuneConfig, empty_corrections, finetune
+from napari_metseg.correction.cache import CaseContext
 from napari_metseg.engine import Segmenter
 from napari_metseg.errors import RunawayError
 from napari_metseg.lesions import label_components
@@ -70,6 +74,7 @@ class Bench:
     truth: np.ndarray
     base: np.ndarray
     base_score: dict
+    cache: CaseContext | None = None
 
 
 def score(probability: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> dict:
@@ -128,6 +133,7 @@ def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: 
             config,
             prepared=bench.prepared,
             reference=bench.base,
+            cache=bench.cache,
         )
     except RunawayError:
         return {
@@ -136,6 +142,7 @@ def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: 
             "refused": 1,
             "seconds": time.perf_counter() - started,
         }
+    bench.cache = result.cache  # the next round of this case reuses it (as the workspace may)
     return {
         "probability": result.probability,
         "attempts": result.attempts,

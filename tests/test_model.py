@@ -59,7 +59,7 @@ def test_variant_forward_backward_and_file_round_trip(integration, sharing, tmp_
 
 @pytest.mark.parametrize("decoder", ["none", "plus"])
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
-def test_forward_is_head_of_features(integration, sharing, decoder) -> None:
+def test_forward_is_decode_of_context_of_features(integration, sharing, decoder) -> None:
     torch.manual_seed(0)
     config = ModelConfig(
         sequences=PAIR, integration=integration, sharing=sharing, decoder=decoder, preprocess=SMALL
@@ -68,21 +68,22 @@ def test_forward_is_head_of_features(integration, sharing, decoder) -> None:
     x = torch.randn(3, config.in_channels, 40, 48)
     with torch.no_grad():
         features = model.features(x)
-        torch.testing.assert_close(model.head(features), model(x), rtol=0, atol=0)
-        assert features.size == (40, 48)
+        context = model.context(features)
+        torch.testing.assert_close(model.decode(context), model(x), rtol=0, atol=0)
+        assert features.size == context.size == (40, 48)
         assert (features.low is not None) == (decoder == "plus")
         # what a fine-tuning cache does: chunks joined, draws stacked, a sub-batch picked
-        chunks = Features.cat([model.features(x[:2]), model.features(x[2:])])
-        stacked = Features.stack([chunks, features])
+        chunks = Features.cat([model.context(model.features(part)) for part in (x[:2], x[2:])])
+        stacked = Features.stack([chunks, context])
         torch.testing.assert_close(
-            model.head(stacked[torch.tensor([1, 0]), torch.tensor([2, 0])]),
+            model.decode(stacked[torch.tensor([1, 0]), torch.tensor([2, 0])]),
             model(x)[torch.tensor([2, 0])],
         )
 
 
 @pytest.mark.parametrize("decoder", ["none", "plus"])
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
-def test_head_parameters_are_exactly_those_downstream_of_features(
+def test_decoder_parameters_are_exactly_those_downstream_of_context(
     integration, sharing, decoder
 ) -> None:
     config = ModelConfig(
@@ -90,13 +91,13 @@ def test_head_parameters_are_exactly_those_downstream_of_features(
     )
     model = build_model(config).train()
     x = torch.randn(2, config.in_channels, 32, 32)
-    features = model.features(x)
-    loss = model.head(Features(features.out.detach(), _detach(features.low), features.size))
+    context = model.context(model.features(x))
+    loss = model.decode(Features(context.out.detach(), _detach(context.low), context.size))
     loss.logsumexp(dim=1).mean().backward()
     reached = {id(p) for p in model.parameters() if p.grad is not None}
-    assert reached == {id(p) for p in model.head_parameters()}
+    assert reached == {id(p) for p in model.decoder_parameters()}
     model.zero_grad(set_to_none=True)
-    features.out.sum().backward()
+    context.out.sum().backward()
     assert not reached & {id(p) for p in model.parameters() if p.grad is not None}
 
 

@@ -11,7 +11,7 @@ from napari_metseg.correction.trust import TrustRegion
 #: Fine-tuning modes; ``auto`` is ``full`` on CUDA and ``fast`` elsewhere.
 MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: Default learning rate per mode (AdamW).
-DEFAULT_LR = {"fast": 1e-4, "full": 2e-5}
+DEFAULT_LR = {"fast": 1e-3, "full": 2e-5}
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,10 @@ class FinetuneConfig:
 
     ``iterations`` AdamW steps of ``batch_size`` samples at ``lr`` (None:
     :data:`DEFAULT_LR` of the mode); corrected slices are ``oversample``
-    times as likely as the neighbouring (``neighbours`` per side) and
-    ``random_slices`` others. ``trust`` bounds what may change away from the
+    times as likely as the neighbouring ones (``neighbours`` per side);
+    ``random_slices`` other slices join every step (fast mode: drawn afresh
+    from the whole case; full mode: fixed samples). ``lesion_margin``:
+    pixels of the network grid around lesion strokes left out of the anchor. ``trust`` bounds what may change away from the
     strokes; ``backoffs`` retries with half the steps and step size before a
     round is refused. ``dropout_rate``: sequence dropout probability;
     ``dropout_draws``: presence draws per sample (the first is the case's own).
@@ -32,18 +34,21 @@ class FinetuneConfig:
     alpha: float = 3.0
     beta: float = 0.1
     keep_threshold: float = 0.5
-    stroke_weight: float = 100.0
-    stroke_share: float = 0.05
+    stroke_share: float = 0.5
+    stroke_target: float = 0.9
+    lesion_margin: int = 3
     anchor_weight: float = 1.0
-    iterations: int = 30
-    batch_size: int = 4
+    hold_weight: float = 1000.0
+    hold_gap: float = 2.0
+    iterations: int = 20
+    batch_size: int = 2
     lr: float | None = None
     weight_decay: float = 0.0
     neighbours: int = 1
-    random_slices: int = 4
+    random_slices: int = 2
     oversample: float = 3.0
     dropout_rate: float = 0.25
-    dropout_draws: int = 3
+    dropout_draws: int = 2
     trust: TrustRegion = TrustRegion()
     backoffs: int = 2
     device: str = "auto"
@@ -61,10 +66,15 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
-        if self.oversample <= 0 or self.stroke_weight <= 0 or not 0 < self.stroke_share <= 1:
+        if self.oversample <= 0 or not 0 < self.stroke_share <= 1:
             raise ValueError(
-                "oversample and stroke_weight must be > 0 and stroke_share in (0, 1], got "
-                f"{self.oversample}, {self.stroke_weight}, {self.stroke_share}"
+                "oversample must be > 0 and stroke_share in (0, 1], got "
+                f"{self.oversample}, {self.stroke_share}"
+            )
+        if not 0 < self.stroke_target < 1 or self.lesion_margin < 0:
+            raise ValueError(
+                "stroke_target must lie in (0, 1) and lesion_margin be >= 0, got "
+                f"{self.stroke_target}, {self.lesion_margin}"
             )
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")

@@ -2,30 +2,35 @@
 
 Every sample is fed under ``dropout_draws`` presence draws (draw 0 the case's
 own sequences, the others sequence dropout, METHOD.md), each with the frozen
-input model's view of it; fast mode caches the frozen part's features of every
-draw once per round, full mode runs the whole network. AdamW then trains on
-batches of ``(draw, sample)`` pairs with the corrected slices oversampled.
+input model's view of it. Fast mode caches the frozen part (everything before
+:meth:`MetsegNet.decode`) of every draw once per round and trains the
+decoder; every step also anchors ``random_slices`` slices drawn afresh from
+the whole case (:class:`~napari_metseg.correction.cache.CaseContext`), so the
+teacher holds the prediction on every slice of the case, not on the four a
+fixed sample would show it. Full mode runs and trains the whole network, with
+``random_slices`` fixed random samples. AdamW then trains on batches of
+``(draw, sample)`` pairs with the corrected slices oversampled. After an
+attempt that sprouted new candidates, the retry anchors the slices that hold
+them in every batch as well (:meth:`Batches.hold_slices`).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from napari_metseg.correction.cache import CHUNK, CaseContext
 from napari_metseg.correction.config import FinetuneConfig
-from napari_metseg.correction.objective import correction_loss, lesion_margin
+from napari_metseg.correction.objective import correction_loss, lesion_logit, near_lesion_strokes
 from napari_metseg.correction.samples import LESION, CorrectionSamples
 from napari_metseg.losses import weighted_ce
 from napari_metseg.model import MetsegNet, apply_presence, sequence_dropout
 from napari_metseg.model.heads import Features
 from napari_metseg.preprocess import PreparedCase, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel
-
-#: Slices per forward pass when caching or scoring samples.
-CHUNK = 8
 
 
 @dataclass
@@ -38,45 +43,52 @@ class Batches:
     frozen model said about the same input, so dropout does not pull the
     prediction of the full input anywhere (holding dropped inputs to the full
     input's prediction moved the lesion volume by 190 cm^3 in 30 steps).
+    ``free`` ``(n, H, W)``: voxels near lesion strokes, left out of the anchor.
+    ``context``: fast mode's cached frozen part of every ``(draw, sample)``,
+    ``None`` in full mode; ``pool``: fast mode's whole-case cache, the slices
+    it may anchor besides the samples (``pool_slices``: the tissue slices
+    that carry no corrections).
     """
 
     samples: CorrectionSamples
     marks: torch.Tensor
+    free: torch.Tensor
     teacher: torch.Tensor
     inputs: torch.Tensor
-    size: tuple[int, int]
+    context: Features | None
+    pool: CaseContext | None
+    pool_slices: np.ndarray
+    mode: str
+    device: torch.device
+    held_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
-    def pick(self, rng: np.random.Generator, picks: np.ndarray) -> np.ndarray:
-        """A random draw for each picked sample."""
-        return rng.integers(0, self.inputs.shape[0], size=picks.size)
-
-
-class Passes:
-    """The mode's forward pass over ``(draw, sample)`` pairs and its trainable parameters.
-
-    Fast mode caches what the frozen part computes for every draw once per
-    round (every attempt starts from the same frozen part).
-    """
-
-    def __init__(self, batches: Batches, mode: str, base: MetsegNet, device: torch.device):
-        self.batches, self.mode, self.device = batches, mode, device
-        self.features: Features | None = None
-        if mode == "fast":
-            with torch.no_grad():
-                self.features = Features.stack(
-                    [
-                        Features.cat([base.features(part.to(device)) for part in draw.split(CHUNK)])
-                        for draw in batches.inputs
-                    ]
-                )
-
-    def logits(self, network: MetsegNet, draws: np.ndarray, picks: np.ndarray) -> torch.Tensor:
-        if self.features is not None:
-            return network.head(self.features[draws, picks])
-        return network(self.batches.inputs[draws, picks].to(self.device))
+    def hold_slices(self, slices: np.ndarray) -> None:
+        """Anchor these case slices (where an attempt sprouted new candidates) in every later
+        batch, besides the random ones (fast mode; full mode has no whole-case cache)."""
+        if self.pool is not None:
+            rows = np.flatnonzero(np.isin(self.pool.slices, slices))
+            rows = rows[np.isin(rows, self.pool_slices)]
+            self.held_slices = np.union1d(self.held_slices, rows)
 
     def parameters(self, network: MetsegNet) -> list[torch.nn.Parameter]:
-        return network.head_parameters() if self.mode == "fast" else list(network.parameters())
+        """What the mode trains: the decoder (fast) or every weight (full)."""
+        return network.decoder_parameters() if self.mode == "fast" else list(network.parameters())
+
+    def batch(
+        self, network: MetsegNet, picks: np.ndarray, draws: np.ndarray, extra: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, marks, teacher and free voxels of ``(draw, sample)`` pairs plus ``extra``
+        rows of the case cache (unmarked)."""
+        marks, free, teacher = self.marks[picks], self.free[picks], self.teacher[draws, picks]
+        if self.context is None:
+            return network(self.inputs[draws, picks].to(self.device)), marks, teacher, free
+        logits = network.decode(self.context[draws, picks])
+        if extra.size:
+            logits = torch.cat([logits, network.decode(self.pool.context[extra])])
+            marks = torch.cat([marks, torch.zeros_like(marks[:1]).expand(extra.size, -1, -1)])
+            free = torch.cat([free, torch.zeros_like(free[:1]).expand(extra.size, -1, -1)])
+            teacher = torch.cat([teacher, self.pool.teacher[extra]])
+        return logits, marks, teacher, free
 
 
 def make_batches(
@@ -84,9 +96,15 @@ def make_batches(
     prepared: PreparedCase,
     samples: CorrectionSamples,
     config: FinetuneConfig,
+    mode: str,
     device: torch.device,
+    pool: CaseContext | None = None,
 ) -> Batches:
-    """Sample tensors under ``config.dropout_draws`` presence draws and the teacher's view of each."""
+    """Sample tensors under ``config.dropout_draws`` presence draws and the teacher's view of each.
+
+    Fast mode (``pool`` given) computes the frozen part once per ``(draw,
+    sample)`` and the teacher from it.
+    """
     x = torch.from_numpy(stack_25d(prepared.volumes, samples.slices, prepared.config.context))
     x = x.float()
     available = torch.from_numpy(prepared.present).expand(x.shape[0], -1)
@@ -99,20 +117,39 @@ def make_batches(
             for _ in range(config.dropout_draws - 1)
         ]
     )
-    with torch.inference_mode():
-        teacher = torch.stack(
-            [
-                torch.cat([lesion_margin(base(part.to(device))) for part in draw.split(CHUNK)])
-                for draw in inputs
-            ]
-        )
+    context = None
+    with torch.no_grad():
+        if pool is not None:
+            context = Features.stack(
+                [
+                    Features.cat(
+                        [base.context(base.features(part.to(device))) for part in draw.split(CHUNK)]
+                    )
+                    for draw in inputs
+                ]
+            )
+            teacher = torch.stack(
+                [lesion_logit(base.decode(context[d])) for d in range(inputs.shape[0])]
+            )
+        else:
+            teacher = torch.stack(
+                [
+                    torch.cat([lesion_logit(base(part.to(device))) for part in draw.split(CHUNK)])
+                    for draw in inputs
+                ]
+            )
     marks = torch.from_numpy(samples.marks).to(device)
-    return Batches(samples, marks, teacher.clone(), inputs, tuple(x.shape[-2:]))
+    free = near_lesion_strokes(marks, config.lesion_margin)
+    pool_slices = np.zeros(0, dtype=np.int64)
+    if pool is not None:
+        corrected = samples.slices[samples.corrected]
+        pool_slices = np.flatnonzero(~np.isin(pool.slices, corrected))
+    return Batches(samples, marks, free, teacher, inputs, context, pool, pool_slices, mode, device)
 
 
 def train_steps(
     network: MetsegNet,
-    passes: Passes,
+    batches: Batches,
     config: FinetuneConfig,
     lr: float,
     iterations: int,
@@ -121,8 +158,7 @@ def train_steps(
     cancel: threading.Event | None,
 ) -> list[float]:
     """AdamW steps on ``network`` in place; returns the loss of every step."""
-    batches = passes.batches
-    trainable = passes.parameters(network)
+    trainable = batches.parameters(network)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     for parameter in trainable:
@@ -130,41 +166,52 @@ def train_steps(
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
     weights = np.where(batches.samples.corrected, config.oversample, 1.0)
     weights /= weights.sum()
+    extra_count = min(config.random_slices, batches.pool_slices.size)
     losses: list[float] = []
     for step in range(iterations):
         check_cancel(cancel)
         picks = rng.choice(len(weights), size=config.batch_size, p=weights)
-        draws = batches.pick(rng, picks)
+        draws = rng.integers(0, batches.inputs.shape[0], size=picks.size)
+        extra = rng.choice(batches.pool_slices, size=extra_count, replace=False)
+        if batches.held_slices.size:
+            held = rng.choice(batches.held_slices, size=min(extra_count, batches.held_slices.size))
+            extra = np.concatenate([extra, held])
+        logits, marks, teacher, free = batches.batch(network, picks, draws, extra)
         loss = correction_loss(
-            passes.logits(network, draws, picks),
-            batches.marks[picks],
-            batches.teacher[draws, picks],
+            logits,
+            marks,
+            teacher,
+            free=free,
             unmarked=config.unmarked,
             alpha=config.alpha,
             beta=config.beta,
             keep_threshold=config.keep_threshold,
-            stroke_weight=config.stroke_weight,
             stroke_share=config.stroke_share,
+            stroke_target=config.stroke_target,
             anchor_weight=config.anchor_weight,
+            hold_weight=config.hold_weight,
+            hold_gap=config.hold_gap,
+            threshold=config.trust.threshold,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-        progress(step + 1, iterations, f"fine-tuning ({passes.mode}): loss {losses[-1]:.4f}")
+        progress(step + 1, iterations, f"fine-tuning ({batches.mode}): loss {losses[-1]:.4f}")
     for parameter in network.parameters():
         parameter.requires_grad_(True)
     return losses
 
 
-def corrected_loss(passes: Passes, network: MetsegNet, picks: np.ndarray, alpha: float) -> float:
+def corrected_loss(batches: Batches, network: MetsegNet, picks: np.ndarray, alpha: float) -> float:
     """Class-weighted CE of ``network`` on the marked voxels of the corrected samples."""
+    none = np.zeros(0, dtype=np.int64)
     with torch.no_grad():
         logits = torch.cat(
             [
-                passes.logits(network, np.zeros_like(chunk), chunk)
+                batches.batch(network, chunk, np.zeros_like(chunk), none)[0]
                 for chunk in np.array_split(picks, max(1, -(-picks.size // CHUNK)))
             ]
         )
-    marks = passes.batches.marks[picks]
+    marks = batches.marks[picks]
     return float(weighted_ce(logits, (marks == LESION).long(), alpha, ignore=marks == 0))

@@ -44,8 +44,9 @@ class TrustRegion:
     margin_mm: float = 15.0
     growth_factor: float = 1.5
     growth_mm3: float = 2000.0
-    extra_components: int = 2
-    component_mm3: float = 10.0
+    extra_components: int = 1
+    component_mm3: float = 0.0
+    lost_components: int | None = None
     threshold: float = CANDIDATE_THRESHOLD
 
     def __post_init__(self) -> None:
@@ -74,16 +75,25 @@ class Growth:
     allowed_mm3: float
     new_candidates: int
     allowed_candidates: int
+    lost_candidates: int = 0
+    allowed_lost: int | None = None
 
     @property
     def within(self) -> bool:
-        return self.new_mm3 <= self.allowed_mm3 and self.new_candidates <= self.allowed_candidates
+        return (
+            self.new_mm3 <= self.allowed_mm3
+            and self.new_candidates <= self.allowed_candidates
+            and (self.allowed_lost is None or self.lost_candidates <= self.allowed_lost)
+        )
 
     def describe(self) -> str:
         return (
-            f"{self.new_mm3 / 1000:.1f} cm^3 of lesion and {self.new_candidates} new candidates "
-            f"away from the strokes (base model {self.base_mm3 / 1000:.1f} cm^3; allowed "
-            f"{self.allowed_mm3 / 1000:.1f} cm^3 and {self.allowed_candidates} new)"
+            f"{self.new_mm3 / 1000:.1f} cm^3 of lesion, {self.new_candidates} new and "
+            f"{self.lost_candidates} lost candidates away from the strokes (base model "
+            f"{self.base_mm3 / 1000:.1f} cm^3; allowed {self.allowed_mm3 / 1000:.1f} cm^3, "
+            f"{self.allowed_candidates} new"
+            + ("" if self.allowed_lost is None else f", {self.allowed_lost} lost")
+            + ")"
         )
 
 
@@ -107,8 +117,12 @@ def lesion_growth(
     away: np.ndarray,
     voxel_mm3: float,
     region: TrustRegion,
-) -> Growth:
-    """How much lesion ``probability`` holds on ``away`` compared with ``base`` (case grid)."""
+) -> tuple[Growth, np.ndarray]:
+    """How much lesion ``probability`` holds on ``away`` compared with ``base`` (case grid).
+
+    Also returns the bool volume of the new candidates counted and of the
+    base candidates lost (where a retry should hold the network harder).
+    """
     before = (base >= region.threshold) & away
     after = (probability >= region.threshold) & away
     after_mm3 = float(np.count_nonzero(after)) * voxel_mm3
@@ -119,12 +133,19 @@ def lesion_growth(
     known = np.zeros(count + 1, dtype=bool)
     known[np.unique(labels[before])] = True  # overlaps a base candidate
     known[0] = True  # background
-    new = int(np.count_nonzero((sizes >= region.component_mm3) & ~known))
+    new = (sizes >= region.component_mm3) & ~known
+    old, old_count = label_components(before)
+    kept = np.zeros(old_count + 1, dtype=bool)
+    kept[np.unique(old[after])] = True  # still holds a candidate voxel
+    kept[0] = True
     before_mm3 = float(np.count_nonzero(before)) * voxel_mm3
-    return Growth(
+    growth = Growth(
         before_mm3,
         after_mm3,
         region.growth_factor * before_mm3 + region.growth_mm3,
-        new,
+        int(np.count_nonzero(new)),
         region.extra_components,
+        int(np.count_nonzero(~kept)),
+        region.lost_components,
     )
+    return growth, new[labels] | ~kept[old]

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from napari_metseg.case import Case, Geometry
+from napari_metseg.correction.cache import CaseContext
 from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
 from napari_metseg.correction.samples import check_corrections, empty_corrections
 from napari_metseg.engine import Presence
@@ -143,6 +144,7 @@ class Workspace:
     ) -> None:
         self.folder = Path(folder)
         self._lock = threading.Lock()
+        self._cache: CaseContext | None = None  # fast mode's cache, reused by the next round
         state_file = self.folder / STATE
         if state_file.exists():
             self._state = self._read_state(state_file)
@@ -349,7 +351,9 @@ class Workspace:
             progress,
             cancel,
             reference=reference,
+            cache=self._cache,
         )
+        self._cache = result.cache
         self.add_version(result.model, corrections, config.to_dict(), result.metrics())
         return result
 

@@ -32,7 +32,7 @@ _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
 #: The stride-4 layer of each backbone the DeepLabv3+ decoder reads, and its channels.
 _LOW_LEVEL = {"resnet50": ("layer1", 256), "mobilenet_v3_large": ("3", 24)}
 #: Top-level modules renamed since model files were first written: old state-dict
-#: prefix -> current (the ASPP head was ``head`` before ``head()`` became a method).
+#: prefix -> current (the ASPP head was called ``head`` in the first model files).
 _RENAMED = {"head.": "classifier."}
 #: Batch-norm momentum of every variant (PyTorch's default).
 BATCHNORM_MOMENTUM = 0.1
@@ -95,13 +95,15 @@ def _mobilenet_output_stride_8(backbone: nn.Module) -> None:
 
 
 class MetsegNet(nn.Module):
-    """The network a :class:`ModelConfig` describes, in two parts.
+    """The network a :class:`ModelConfig` describes, in three parts.
 
-    ``forward(x)`` is ``head(features(x))``: :meth:`features` runs the
-    backbone(s) and joins the sequences as the integration level says;
-    :meth:`head` (the ASPP head or the DeepLabv3+ decoder, per branch at the
-    end level) turns that into logits at input resolution. Fine-tuning trains
-    :meth:`head_parameters` on cached features.
+    ``forward(x)`` is ``decode(context(features(x)))``: :meth:`features` runs
+    the backbone(s) and joins the sequences as the integration level says;
+    :meth:`context` runs the head (ASPP, and the DeepLabv3+ decoder's
+    refinement) up to its last layers; :meth:`decode` (those last layers, per
+    branch at the end level) turns that into logits at input resolution. Fast
+    fine-tuning trains :meth:`decoder_parameters` on cached context
+    (:mod:`napari_metseg.model.heads` says why the split lies there).
 
     ``x``: ``(batch, n_sequences * slices_per_sequence, H, W)``, sequence-major.
     ``metadata`` carries provenance (training, metrics, version) for model files.
@@ -157,7 +159,7 @@ class MetsegNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.decode(self.context(self.features(x)))
 
     def features(self, x: torch.Tensor) -> Features:
         """The backbone part: features of ``x`` joined as the integration level says.
@@ -188,25 +190,42 @@ class MetsegNet(nn.Module):
         low = join([m["low"] for m in maps]) if "low" in maps[0] else None
         return Features(join([m["out"] for m in maps]), low, size)
 
-    def head(self, features: Features) -> torch.Tensor:
-        """Logits ``(B, num_classes, H, W)`` at input resolution from :meth:`features`.
+    def context(self, features: Features) -> Features:
+        """The head up to its last layers (:meth:`decode`), as ``Features`` without ``low``.
+
+        ``out`` is ``(B, C, h, w)``, or ``(B, n_sequences, C, h, w)`` at the end level.
+        """
+        if self.config.integration != "end":
+            return Features(
+                self.classifier.context(features.out, features.low), None, features.size
+            )
+        out = torch.stack(
+            [
+                self._branch(i)["head"].context(*_part(features[:, i]))
+                for i in range(features.out.shape[1])
+            ],
+            dim=1,
+        )
+        return Features(out, None, features.size)
+
+    def decode(self, context: Features) -> torch.Tensor:
+        """Logits ``(B, num_classes, H, W)`` at input resolution from :meth:`context`.
 
         The end level averages the per-sequence probabilities and returns their log.
         """
         if self.config.integration != "end":
-            return _upsample(self.classifier(features.out, features.low), features.size)
+            return _upsample(self.classifier.decode(context.out), context.size)
         probabilities = []
-        for i in range(features.out.shape[1]):
-            part = features[:, i]
-            logits = self._branch(i)["head"](part.out, part.low)
-            probabilities.append(F.softmax(_upsample(logits, features.size), dim=1))
+        for i in range(context.out.shape[1]):
+            logits = self._branch(i)["head"].decode(context.out[:, i])
+            probabilities.append(F.softmax(_upsample(logits, context.size), dim=1))
         return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        """The parameters :meth:`head` uses: everything downstream of :meth:`features`."""
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters :meth:`decode` uses: everything downstream of :meth:`context`."""
         if self.config.integration == "end":
-            return [p for branch in self.branches for p in branch["head"].parameters()]
-        return list(self.classifier.parameters())
+            return [p for branch in self.branches for p in branch["head"].decoder_parameters()]
+        return self.classifier.decoder_parameters()
 
     def _branch(self, index: int) -> nn.Module:
         return self.branches[0 if len(self.branches) == 1 else index]
@@ -241,6 +260,10 @@ def current_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
                 name = new + name[len(old) :]
         renamed[name] = tensor
     return renamed
+
+
+def _part(features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return features.out, features.low
 
 
 def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 from napari_metseg.correction import LESION, NOT_LESION, correction_loss
-from napari_metseg.correction.objective import lesion_margin, voxel_weights
+from napari_metseg.correction.objective import (
+    candidate_hold,
+    lesion_logit,
+    near_lesion_strokes,
+)
 from napari_metseg.losses import lopsided_bootstrap, weighted_ce
 
 
@@ -35,7 +41,7 @@ def test_unmarked_voxels_where_network_equals_teacher_get_no_pull_at_beta_zero()
     probability = torch.rand(1, 6, 6) * 0.4
     logits = logits_of(probability).requires_grad_(True)
     marks = torch.zeros(1, 6, 6, dtype=torch.uint8)
-    teacher = lesion_margin(logits.detach())
+    teacher = lesion_logit(logits.detach())
     correction_loss(logits, marks, teacher, beta=0.0).backward()
     assert logits.grad.abs().max() < 1e-6
 
@@ -46,14 +52,11 @@ def test_the_anchor_holds_a_uniform_shift_far_harder_than_cross_entropy() -> Non
     teacher = torch.full((1, 8, 8), float(torch.logit(torch.tensor(0.05))))
     marks = torch.zeros(1, 8, 8, dtype=torch.uint8)
     shifted = torch.stack([torch.zeros(1, 8, 8), teacher + 1.0], dim=1)  # p 0.05 -> 0.125
-    plain = correction_loss(shifted, marks, teacher, beta=0.0, anchor_weight=0.0)
-    anchored = correction_loss(shifted, marks, teacher, beta=0.0, anchor_weight=1.0)
-    excess = plain - correction_loss(
-        torch.stack([torch.zeros(1, 8, 8), teacher], dim=1),
-        marks,
-        teacher,
-        beta=0.0,
-        anchor_weight=0.0,
+    loss = functools.partial(correction_loss, beta=0.0, hold_weight=0.0)
+    plain = loss(shifted, marks, teacher, anchor_weight=0.0)
+    anchored = loss(shifted, marks, teacher, anchor_weight=1.0)
+    excess = plain - loss(
+        torch.stack([torch.zeros(1, 8, 8), teacher], dim=1), marks, teacher, anchor_weight=0.0
     )
     assert anchored - plain == pytest.approx(1.0)
     assert excess < 0.05
@@ -65,27 +68,59 @@ def test_beta_one_is_weighted_ce_against_the_teachers_hard_labels() -> None:
     probability = torch.rand(2, 5, 5)
     marks = torch.zeros(2, 5, 5, dtype=torch.uint8)
     teacher = torch.logit(probability)
-    loss = correction_loss(logits, marks, teacher, beta=1.0, keep_threshold=0.5, anchor_weight=0)
+    loss = correction_loss(
+        logits, marks, teacher, beta=1.0, keep_threshold=0.5, anchor_weight=0, hold_weight=0
+    )
     expected = weighted_ce(logits, (probability >= 0.5).long(), 3.0)
     torch.testing.assert_close(loss, expected)
 
 
-def test_nine_painted_voxels_never_outweigh_a_slice() -> None:
-    marks = torch.zeros(2, 256, 256, dtype=torch.uint8)
-    marks[0, :3, :3] = LESION
-    marks[1, :100, :100] = NOT_LESION  # a whole rejected component
-    weights = voxel_weights(marks, stroke_weight=100.0, stroke_share=0.05)
-    assert weights[0, 0, 0] == 100.0 and weights[0, 10, 10] == 1.0
-    for sample in range(2):
-        painted = weights[sample][marks[sample] != 0].sum()
-        assert painted <= 0.05 * 256 * 256 + 1e-2
+def test_strokes_carry_their_share_of_the_loss_whatever_their_count() -> None:
+    """9 painted voxels weigh as much as 10,000 (stroke_share), never more or less."""
+    logits = torch.zeros(1, 2, 128, 128)  # p = 0.5 everywhere
+    teacher = torch.full((1, 128, 128), -5.0)
+    losses = []
+    for side in (3, 100):
+        marks = torch.zeros(1, 128, 128, dtype=torch.uint8)
+        marks[0, :side, :side] = LESION
+        stroke = correction_loss(logits, marks, teacher, stroke_share=1.0, stroke_target=0.9)
+        rest = correction_loss(logits, torch.zeros_like(marks), teacher)
+        mixed = correction_loss(logits, marks, teacher, stroke_share=0.3, stroke_target=0.9)
+        losses.append(float(stroke))
+        assert float(mixed) == pytest.approx(0.3 * float(stroke) + 0.7 * float(rest), rel=1e-3)
+    assert losses[0] == pytest.approx(losses[1]) and losses[0] > 0
+    # a mark already at stroke_target is satisfied: no further pull
+    satisfied = correction_loss(logits, marks, teacher, stroke_share=1.0, stroke_target=0.5)
+    assert float(satisfied) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_hold_charges_only_crossing_the_candidate_threshold() -> None:
+    cut = float(torch.logit(torch.tensor(0.1)))
+    teacher = torch.tensor([[cut - 5.0, cut - 0.5, cut + 0.5, cut + 5.0]])
+    # each voxel moves by 1.5 logits towards the other side of the threshold
+    margin = teacher + torch.tensor([[1.5, 1.5, -1.5, -1.5]])
+    hold = candidate_hold(margin, teacher, 0.1, gap=2.0)
+    # far below: may rise to cut - 2 (free); just below: may not rise at all; mirrored above
+    torch.testing.assert_close(hold, torch.tensor([[0.0, 1.5**2, 1.5**2, 0.0]]))
+
+
+def test_voxels_near_a_lesion_stroke_are_left_free() -> None:
+    marks = torch.zeros(1, 9, 9, dtype=torch.uint8)
+    marks[0, 4, 4] = LESION
+    marks[0, 0, 0] = NOT_LESION
+    free = near_lesion_strokes(marks, 2)
+    assert free.sum() == 5 * 5 - 1 and not free[0, 4, 4] and not free[0, 0, 0]
+    logits = torch.randn(1, 2, 9, 9, requires_grad=True)
+    correction_loss(logits, marks, torch.zeros(1, 9, 9), free=free).backward()
+    moved = logits.grad.abs().sum(dim=1)[0] > 0
+    assert not moved[free[0]].any() and moved[4, 4] and moved[8, 8]
 
 
 @pytest.mark.parametrize("unmarked", ["teacher", "ignore"])
 def test_unmarked_voxels_count_only_when_anchored(unmarked) -> None:
     marks = torch.zeros(1, 4, 4, dtype=torch.uint8)
     marks[0, 0, 0], marks[0, 3, 3] = LESION, NOT_LESION
-    logits = torch.randn(1, 2, 4, 4, requires_grad=True)
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)  # p = 0.5: no mark is satisfied
     teacher = torch.full((1, 4, 4), 0.3)
     correction_loss(logits, marks, teacher, unmarked=unmarked).backward()
     moved = logits.grad.abs().sum(dim=1)[0] > 0

@@ -42,7 +42,8 @@ def test_growth_counts_candidate_volume_away_from_the_strokes_only() -> None:
     away = np.ones_like(base, dtype=bool)
     away[1] = False
     region = TrustRegion(growth_factor=1.5, growth_mm3=10, component_mm3=8.0)
-    growth = lesion_growth(new, base, away, 2.0, region)
+    growth, sprouted = lesion_growth(new, base, away, 2.0, region)
+    assert np.array_equal(sprouted, (new >= 0.1) & away & (base < 0.1))
     assert (growth.base_mm3, growth.new_mm3, growth.allowed_mm3) == (8.0, 58.0, 22.0)
     # the 25-voxel block is new; the grown voxel near the strokes is not counted
     assert (growth.new_candidates, growth.allowed_candidates) == (1, region.extra_components)
@@ -58,10 +59,36 @@ def test_a_sprinkle_of_small_new_candidates_leaves_the_region() -> None:
     away = np.ones_like(base, dtype=bool)
     base[0, :3, :3] = 0.5  # the first one was there before: not new
     region = TrustRegion(growth_mm3=1000.0, extra_components=1, component_mm3=9.0)
-    growth = lesion_growth(new, base, away, 1.0, region)
+    growth, _ = lesion_growth(new, base, away, 1.0, region)
     assert growth.new_mm3 <= growth.allowed_mm3 and growth.new_candidates == 2
     assert not growth.within
-    assert lesion_growth(new, base, away, 1.0, replace(region, extra_components=2)).within
+    assert lesion_growth(new, base, away, 1.0, replace(region, extra_components=2))[0].within
+
+
+def test_by_default_a_single_new_speck_of_any_size_counts() -> None:
+    """Issue #13: the user saw '12 new lesions' after a round; every new speck counts."""
+    base = np.zeros((6, 20, 20), np.float32)
+    base[0, :3, :3] = 0.5
+    new = base.copy()
+    new[3, 10, 10] = new[5, 2, 15] = 0.2  # two one-voxel specks away from everything
+    away = np.ones_like(base, dtype=bool)
+    growth, _ = lesion_growth(new, base, away, 1.0, TrustRegion())
+    assert growth.new_candidates == 2 and not growth.within
+    new[5, 2, 15] = 0.0
+    assert lesion_growth(new, base, away, 1.0, TrustRegion())[0].within
+
+
+def test_lost_base_candidates_are_counted_and_marked_for_the_retry() -> None:
+    base = np.zeros((6, 20, 20), np.float32)
+    base[1, :3, :3] = 0.5
+    base[4, 10:12, 10:12] = 0.5
+    new = base.copy()
+    new[4] = 0.0  # the second base candidate is gone
+    away = np.ones_like(base, dtype=bool)
+    growth, held = lesion_growth(new, base, away, 1.0, TrustRegion())
+    assert growth.lost_candidates == 1 and growth.within  # reported, not bounded by default
+    assert np.array_equal(np.flatnonzero(held.any(axis=(1, 2))), [4])
+    assert not lesion_growth(new, base, away, 1.0, TrustRegion(lost_components=0))[0].within
 
 
 @pytest.fixture(scope="module")

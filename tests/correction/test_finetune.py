@@ -116,10 +116,10 @@ def test_samples_are_corrected_then_neighbour_then_random_slices() -> None:
 #: may change what it likes (the trust region is pinned below and in test_correction_trust).
 LEARN = {
     "keep_threshold": 0.9,
-    "stroke_weight": 1000.0,
-    "stroke_share": 1.0,
+    "stroke_share": 0.9,
     "anchor_weight": 0.0,
-    "trust": TrustRegion(growth_factor=1e6, growth_mm3=1e12),
+    "hold_weight": 0.0,
+    "trust": TrustRegion(growth_factor=1e6, growth_mm3=1e12, extra_components=10**6),
 }
 
 
@@ -139,7 +139,7 @@ def test_fast_round_learns_the_strokes_and_leaves_the_input_model_alone(blob_cas
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, before_weights[name])
     tuned = result.model.state_dict()
-    head = {id(p) for p in result.model.head_parameters()}
+    head = {id(p) for p in result.model.decoder_parameters()}
     named = dict(result.model.named_parameters())
     frozen = [k for k, p in named.items() if id(p) not in head]
     assert frozen and all(torch.equal(tuned[k], before_weights[k]) for k in frozen)
@@ -152,9 +152,9 @@ def test_full_round_trains_the_backbone_too(blob_case, model) -> None:
     config = FinetuneConfig(mode="full", iterations=3, device="cpu", unmarked="ignore", **LEARN)
     result = finetune(blob_case, model, strokes(), config)
     assert result.mode == "full"
-    head = {id(p) for p in result.model.head_parameters()}
+    head = {id(p) for p in result.model.decoder_parameters()}
     frozen_before = [
-        p for p in model.parameters() if id(p) not in {id(q) for q in model.head_parameters()}
+        p for p in model.parameters() if id(p) not in {id(q) for q in model.decoder_parameters()}
     ]
     frozen_after = [p for p in result.model.parameters() if id(p) not in head]
     assert any(not torch.equal(a, b) for a, b in zip(frozen_after, frozen_before, strict=True))
@@ -184,7 +184,7 @@ def test_a_round_over_the_trust_region_is_refused_and_changes_nothing(blob_case,
 def test_a_diverged_round_counts_as_a_runaway() -> None:
     base = np.zeros((2, 4, 4), np.float32)
     away = np.ones_like(base, dtype=bool)
-    assert not lesion_growth(np.full_like(base, np.nan), base, away, 1.0, TrustRegion()).within
+    assert not lesion_growth(np.full_like(base, np.nan), base, away, 1.0, TrustRegion())[0].within
 
 
 @pytest.mark.parametrize("corrections", ["empty", "off_grid"])
