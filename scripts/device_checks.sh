@@ -30,5 +30,6 @@ timeout 70 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep
     tests/test_training_loop.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
 timeout 130 python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
     | tee "$OUT/bench_inference.txt"
-timeout 120 python3 -m bench.correction_loop --device cuda --mode full --cases 2 --profiles tiny,wrong_undo,five \
-    --variants lopsided 2>    --variants lopsided,weighted_ce,ignore 2>&11 | grep -v INFO | tee "$OUT/bench_correction.txt"
+timeout 120 python3 -m bench.correction_loop --device cuda --mode full --cases 2 \
+    --profiles tiny,wrong_undo,five --variants lopsided 2>&1 | grep -v INFO \
+    | tee "$OUT/bench_correction.txt"
