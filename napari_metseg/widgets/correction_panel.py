@@ -70,7 +70,7 @@ class CorrectionPanel(RunControls, QGroupBox):
         self.layer_button.setToolTip("add (or restore) the corrections layer of the case")
         self.mode_combo = QComboBox()
         self.mode_combo.addItem("auto (full on CUDA, fast elsewhere)", "auto")
-        self.mode_combo.addItem("fast (head only, CPU friendly)", "fast")
+        self.mode_combo.addItem("fast (decoder tail only, CPU friendly)", "fast")
         self.mode_combo.addItem("full (all weights, for a GPU)", "full")
         self.iterations = QSpinBox()
         self.iterations.setRange(1, 100_000)
