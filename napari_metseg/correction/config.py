@@ -22,10 +22,10 @@ class FinetuneConfig:
     :data:`DEFAULT_LR` of the mode); corrected slices are ``oversample``
     times as likely as the neighbouring ones (``neighbours`` per side);
     ``random_slices`` other slices join every step (fast mode: drawn afresh
-    from the whole case; full mode: fixed samples). ``lesion_margin``:
-    pixels of the network grid around lesion strokes left out of the anchor. ``trust`` bounds what may change away from the
-    strokes; ``backoffs`` retries with half the steps and step size before a
-    round is refused. ``dropout_rate``: sequence dropout probability;
+    from the whole case; full mode: fixed samples). ``lesion_margin``: pixels
+    of the network grid around lesion strokes left out of the anchor.
+    ``trust`` bounds what may change away from the strokes; ``backoffs``
+    retries, each with half the step size, before a round is refused. ``dropout_rate``: sequence dropout probability;
     ``dropout_draws``: presence draws per sample (the first is the case's own).
     """
 
