@@ -100,9 +100,10 @@ class SliceSource(NamedTuple):
 def slice_sources(cases: Sequence[TrainingCase], device: torch.device) -> list[SliceSource]:
     """The cases' volumes and masks on ``device``, so a GPU builds its own batches.
 
-    Gathering 32 2.5D stacks of 256 px on the CPU and copying them over took
-    about as long as the step itself on a GPU; a float16 training set of 50
-    phantoms is 4-5 GB, which a training GPU holds. Where it does not fit,
+    Gathering 32 2.5D stacks of 256 px on a CPU takes about 50 ms, plus the
+    copy to the GPU; with the batches built on an H200 a step of the light
+    network took 0.05 s instead of 0.12 s. A float16 training set of 56
+    phantoms is about 4 GB, which a training GPU holds. Where it does not fit,
     the slices stay in host memory and each batch is copied over.
     """
 
