@@ -355,10 +355,13 @@ class Workspace:
         trust region always holds the round against the base prediction
         (``reference``: the base model's probability with this presence,
         when the caller has it). ``context``: fast mode's cache of this
-        ``case`` object with this presence, made by the base model (a run's
-        :func:`~napari_metseg.correction.cache.segment_keeping_context`), so
-        the round does not compute it again; one from another model file or
-        presence is not used. The strokes are saved first; when ``cancel``
+        ``case`` object, made by a model loaded from the base model file and
+        used as this round's base model (a run's
+        :func:`~napari_metseg.correction.cache.segment_keeping_context`; the
+        caller vouches for both, as for ``reference``: a model's ``metadata``
+        path is its training run's, not proof of the file it came from), so
+        the round does not compute it again; with another presence it is
+        not used. The strokes are saved first; when ``cancel``
         stops the round (:class:`~napari_metseg.errors.Cancelled`) or the
         round is refused, nothing else is written and the current version
         stays active.
@@ -367,7 +370,7 @@ class Workspace:
         corrections = self.corrections
         with self._lock:
             _write_corrections(self.folder / CORRECTIONS, corrections)
-        if context is not None and self._is_base(context.model):
+        if context is not None:
             self._inputs = RoundInputs(case, context.model, context.prepared, context)
         inputs = self._round_inputs(case, present)
         result = finetune(
@@ -382,7 +385,8 @@ class Workspace:
             reference=reference,
             cache=inputs.cache,
         )
-        inputs.cache = result.cache or inputs.cache
+        if result.cache is not None:  # a full round keeps the fast cache it did not use
+            inputs.cache = result.cache
         self.add_version(result.model, corrections, config.to_dict(), result.metrics())
         return result
 
@@ -404,11 +408,6 @@ class Workspace:
             prepared = prepare_case(case, model.config.sequences, flags, model.config.preprocess)
             self._inputs = kept = RoundInputs(case, model, prepared)
         return kept
-
-    def _is_base(self, model: MetsegNet) -> bool:
-        """Whether ``model`` was loaded from this workspace's base model file."""
-        path = model.metadata.get("path")
-        return path is not None and Path(path).resolve() == self.base_model.resolve()
 
     def undo(self) -> str:
         """Make the parent of the current version current; returns it."""

@@ -306,10 +306,3 @@ def test_a_round_uses_the_cache_a_run_kept_only_when_it_fits(
     _, switched_off = segment_keeping_context(case, model, ("bravo",), "cpu")
     space.finetune(case, FAST, context=switched_off)  # presence of the run != the round's
     assert builds[-1] == (True, True, True, True) and len(builds) == 2
-
-    stranger = load_model(tiny_model_path)
-    stranger.metadata["path"] = str(tmp_path / "other")  # as if loaded from another file
-    _, foreign = segment_keeping_context(case, stranger, None, "cpu")
-    space.drop_inputs()
-    space.finetune(case, FAST, context=foreign)
-    assert len(builds) == 3
