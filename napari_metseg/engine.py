@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -31,6 +32,7 @@ from napari_metseg.case import Case
 from napari_metseg.devices import resolve_device
 from napari_metseg.errors import ModelFileError
 from napari_metseg.model import MetsegNet, apply_presence, folding
+from napari_metseg.model.heads import Features
 from napari_metseg.preprocess import (
     DevicePreparedCase,
     PreparedCase,
@@ -48,6 +50,9 @@ START_BATCH = {"cuda": 64, "mps": 16, "cpu": 8}
 
 #: Compute precisions a :class:`Segmenter` accepts (``auto`` picks per device).
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+#: Called with each batch's frozen-part output (:meth:`MetsegNet.context`) and logits.
+KeepContext = Callable[[Features, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -172,10 +177,14 @@ class Segmenter:
         prepared: DevicePreparedCase,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        keep: KeepContext | None = None,
     ) -> Segmentation:
-        """The network on a :meth:`prepare`-d case, restored to the case grid on the device."""
+        """The network on a :meth:`prepare`-d case, restored to the case grid on the device.
+
+        ``keep``: see :meth:`predict_prepared`.
+        """
         with torch.inference_mode():
-            stack, info = self._predict(prepared, progress, cancel)
+            stack, info = self._predict(prepared, progress, cancel, keep)
             started = time.perf_counter()
             _, rows, cols = prepared.native_shape
             probability = resize(stack, rows, cols).cpu().numpy()
@@ -188,10 +197,18 @@ class Segmenter:
         prepared: PreparedCase | DevicePreparedCase,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        keep: KeepContext | None = None,
     ) -> tuple[np.ndarray, SegmentationInfo]:
-        """Probability ``(n_slices, size, size)`` of a prepared case (0 on skipped slices)."""
+        """Probability ``(n_slices, size, size)`` of a prepared case (0 on skipped slices).
+
+        ``keep(context, logits)`` gets every batch's frozen-part output and
+        logits, in slice order over the tissue slices, as the network computed
+        them on the way to the probability (the same numbers: fast fine-tuning
+        keeps them instead of running the network again). They are inference
+        tensors: use them outside inference mode through a copy (``torch.cat``).
+        """
         with torch.inference_mode():
-            stack, info = self._predict(prepared, progress, cancel)
+            stack, info = self._predict(prepared, progress, cancel, keep)
             return stack.cpu().numpy(), info
 
     def _predict(
@@ -199,6 +216,7 @@ class Segmenter:
         prepared: PreparedCase | DevicePreparedCase,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
+        keep: KeepContext | None = None,
     ) -> tuple[torch.Tensor, SegmentationInfo]:
         """Probability on the device; the 2.5D batches are gathered there too."""
         progress = progress or no_progress
@@ -225,7 +243,7 @@ class Segmenter:
                 try:
                     x = stack_25d(volumes, chunk, prepared.config.context)
                     index = torch.from_numpy(chunk).to(self.device)
-                    probability[index] = self._predict_batch(x, present)
+                    probability[index] = self._predict_batch(x, present, keep)
                 except torch.OutOfMemoryError:
                     if self.batch_size == 1:
                         raise
@@ -253,10 +271,17 @@ class Segmenter:
         )
         return probability, info
 
-    def _predict_batch(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def _predict_batch(
+        self, x: torch.Tensor, present: torch.Tensor, keep: KeepContext | None
+    ) -> torch.Tensor:
         x = apply_presence(x, present).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
-            logits = self.model(x)
+            if keep is None:
+                logits = self.model(x)
+            else:  # the model's forward, split where fast fine-tuning freezes it
+                context = self.model.context(self.model.features(x))
+                logits = self.model.decode(context)
+                keep(context, logits)
         return torch.softmax(logits.float(), dim=1)[:, 1]
 
     def _elapsed(self, started: float) -> float:

@@ -139,6 +139,24 @@ class DevicePreparedCase:
     seconds: float = 0.0
 
 
+def fed_sequences(case: Case, sequences: Sequence[str], present: Presence = None) -> np.ndarray:
+    """Bool ``(n_sequences,)``: the model ``sequences`` that ``present`` switches on and
+    ``case`` holds, i.e. the ``present`` flags :func:`prepare_case` gives (without preparing).
+
+    Raises :class:`SequenceError` when none is left.
+    """
+    wanted = list(presence_flags(tuple(sequences), present).values())
+    flags = np.array(
+        [wanted[i] and name in case.images for i, name in enumerate(sequences)], dtype=bool
+    )
+    if not flags.any():
+        raise SequenceError(
+            f"case {case.name!r} has none of the sequences {list(sequences)} switched on "
+            f"(case holds {list(case.sequences)}, requested presence {wanted})"
+        )
+    return flags
+
+
 def prepare_volumes(
     case: Case,
     sequences: Sequence[str] = SEQUENCES,
@@ -153,18 +171,10 @@ def prepare_volumes(
     """
     device = torch.device(device)
     sequences = tuple(sequences)
-    wanted = list(presence_flags(sequences, present).values())
     ignored = [name for name in case.sequences if name not in sequences]
     if ignored:
         logger.info("case %r: ignoring sequences the model does not use: %s", case.name, ignored)
-    flags = np.array(
-        [wanted[i] and name in case.images for i, name in enumerate(sequences)], dtype=bool
-    )
-    if not flags.any():
-        raise SequenceError(
-            f"case {case.name!r} has none of the sequences {list(sequences)} switched on "
-            f"(case holds {list(case.sequences)}, requested presence {wanted})"
-        )
+    flags = fed_sequences(case, sequences, present)
     n_slices, rows, cols = case.shape
     size = config.size
     # every present sequence overwrites its slot; zeroing all of it first cost ~7 %

@@ -21,8 +21,9 @@ Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
 - ``fast`` (default on CPU): everything before the decoder's last layers
   (:meth:`~napari_metseg.model.MetsegNet.decode`) is frozen, its output for
   every sample and for every slice of the case is computed once
-  (:mod:`~napari_metseg.correction.cache`; pass ``FinetuneResult.cache`` to
-  the next round and it is reused while the model and presence match), and
+  (:mod:`~napari_metseg.correction.cache`; pass ``FinetuneResult.cache``, or
+  the one a run left, with the model and prepared case it was built from, and
+  it is reused while the model is unchanged), and
   only those last layers train; the whole-case prediction of each attempt
   decodes the cache. A round with a warm cache took 6-16 s on 2 CPU cores
   shared with other work (3.7 s when they were quiet); building the cache
@@ -118,6 +119,14 @@ class FinetuneResult:
         }
 
 
+def round_mode(mode: str, device: torch.device) -> str:
+    """The mode a round with ``FinetuneConfig.mode`` ``mode`` runs on ``device``: ``auto`` is
+    ``full`` on CUDA, ``fast`` elsewhere."""
+    if mode != "auto":
+        return mode
+    return "full" if device.type == "cuda" else "fast"
+
+
 def finetune(
     case: Case,
     model: MetsegNet,
@@ -131,7 +140,8 @@ def finetune(
     reference: np.ndarray | None = None,
     cache: CaseContext | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a copy of ``model`` on the ``corrections`` of ``case``; ``model`` is untouched.
+    """Fine-tune a copy of ``model`` on the ``corrections`` of ``case``; ``model``'s weights are
+    untouched (fast mode runs it on the round's device to cache its frozen part: it may move).
 
     ``corrections``: uint8 on the case grid (``samples`` module). ``present``
     switches model sequences off as in :func:`napari_metseg.segment`.
@@ -140,7 +150,10 @@ def finetune(
     ``model``'s probability of the case with that presence, when the caller
     has it (else it is computed), the trust region's baseline. ``cache``:
     the :class:`~napari_metseg.correction.cache.CaseContext` of an earlier
-    fast round (``FinetuneResult.cache``), reused when it still fits.
+    fast round (``FinetuneResult.cache``) or of a run
+    (:func:`~napari_metseg.correction.cache.segment_keeping_context`),
+    reused when it fits: built from this very ``model`` (unchanged) and
+    ``prepared``.
     ``progress(done, total, message)`` is called per step; ``cancel`` stops
     with :class:`~napari_metseg.errors.Cancelled` and nothing returned.
 
@@ -153,7 +166,7 @@ def finetune(
     progress = progress or no_progress
     started = time.perf_counter()
     device = resolve_device(config.device)
-    mode = config.mode if config.mode != "auto" else ("full" if device.type == "cuda" else "fast")
+    mode = round_mode(config.mode, device)
     corrections = check_corrections(corrections, case.shape)
     if prepared is None:
         flags = presence_flags(model.config.sequences, present)
@@ -175,8 +188,8 @@ def finetune(
     base = copy.deepcopy(model).to(device).eval()
     if mode == "full":
         cache = None
-    elif cache is None or not cache.fits(base, prepared):
-        cache = CaseContext.build(base, prepared, device, progress, cancel)
+    elif cache is None or cache.device != device or not cache.fits(model, prepared):
+        cache = CaseContext.build(model, prepared, device, progress, cancel)
     if reference is None:
         reference = (
             cache.base_probability()

@@ -4,7 +4,9 @@ The workbench builds the panels, the shared :class:`~napari_metseg.widgets.run_s
 and the :class:`~napari_metseg.widgets.correction_loop.CorrectionLoop`, and does
 the Segment tab's work: Run builds a :class:`~napari_metseg.case.Case` from the
 assigned layers and segments it with the model in use (the base model of a newly
-opened case, or the version picked in the Correct tab) in the state's worker.
+opened case, or the version picked in the Correct tab) in the state's worker; a
+run of the base model keeps fast fine-tuning's cache of the case when the
+correction loop asks for it, so the first round does not compute it again.
 The state shows one ``probability`` and one ``lesions`` layer per viewer and
 updates them in place; threshold and minimum volume re-derive the lesions
 without running the network again. The first result docks the lesion table
@@ -114,12 +116,13 @@ class Workbench(QWidget):
             self.segment_panel.owner,
             "segmentation",
             f"segmenting {', '.join(present)} with the {state.version} model",
-            lambda probability: self._show_run(case, present, probability),
+            lambda result: self._show_run(case, present, *result),
             run_segmentation,
             lambda: state.model(path, device),
             case,
             present,
             device,
+            self.correction.wants_context(),
         )
 
     def shutdown(self, timeout_s: float = SHUTDOWN_WAIT_S) -> bool:
@@ -156,7 +159,8 @@ class Workbench(QWidget):
         if window is not self:
             window.installEventFilter(self)
 
-    def _show_run(self, case, present, probability) -> None:
+    def _show_run(self, case, present, probability, context) -> None:
+        self.correction.keep_context(case, context)
         self.state.show_result(case, present, probability)
         self.segment_panel.status_label.setText(f"done ({self.state.version} model)")
 

@@ -17,6 +17,7 @@ import numpy as np
 from napari.qt.threading import FunctionWorker, create_worker
 
 from napari_metseg.case import Case
+from napari_metseg.correction.cache import CaseContext, segment_keeping_context
 from napari_metseg.engine import segment
 
 
@@ -25,15 +26,20 @@ def run_segmentation(
     case: Case,
     present: Sequence[str],
     device: str,
+    keep_context: bool,
     progress: Callable[[int, int, str], None],
     cancel: threading.Event,
-) -> np.ndarray:
-    """Load (or reuse) the model, then segment ``case``; the probability volume."""
+) -> tuple[np.ndarray, CaseContext | None]:
+    """Load (or reuse) the model, then segment ``case``: the probability volume, and with
+    ``keep_context`` fast fine-tuning's cache of the case (None otherwise)."""
     progress(0, 1, "loading the model")
     model = load_model()
-    return segment(
+    if keep_context:
+        return segment_keeping_context(case, model, tuple(present), device, progress, cancel)
+    probability = segment(
         case, model, present=tuple(present), device=device, progress=progress, cancel=cancel
     )
+    return probability, None
 
 
 def background(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_metseg.case import SEQUENCES, Case, Geometry
-from napari_metseg.correction.cache import CaseContext
+from napari_metseg.correction.cache import CaseContext, segment_keeping_context
 from napari_metseg.engine import segment
 from napari_metseg.model import ModelConfig, build_model, load_model
 from napari_metseg.preprocess import PreprocessConfig, prepare_case
@@ -56,14 +56,35 @@ def test_the_split_holds_for_both_decoders(case, decoder) -> None:
     )
 
 
-def test_the_cache_fits_only_its_model_and_presence(case, tiny_model_path) -> None:
+def test_the_cache_fits_only_its_own_model_and_prepared_case(case, tiny_model_path) -> None:
     model = load_model(tiny_model_path)
     prepared = prepare_case(case, model.config.sequences, config=model.config.preprocess)
     cache = CaseContext.build(model, prepared, torch.device("cpu"))
-    assert cache.fits(load_model(tiny_model_path), prepared)
+    assert cache.fits(model, prepared)
+    # an equal model loaded again, or the case prepared again: not trusted, rebuilt
+    assert not cache.fits(load_model(tiny_model_path), prepared)
+    again = prepare_case(case, model.config.sequences, config=model.config.preprocess)
+    assert not cache.fits(model, again)
     fewer = prepare_case(case, model.config.sequences, ("bravo",), model.config.preprocess)
     assert not cache.fits(model, fewer)
-    changed = load_model(tiny_model_path)
-    with torch.no_grad():
-        next(changed.parameters()).add_(1e-3)
-    assert not cache.fits(changed, prepared)
+    with torch.no_grad():  # trained in place (as an optimizer step does)
+        next(model.parameters()).add_(1e-3)
+    assert not cache.fits(model, prepared)
+
+
+@pytest.mark.parametrize("present", [None, ("bravo", "flair")])
+def test_a_run_keeps_the_cache_build_gives_and_segments_as_segment_does(
+    case, tiny_model_path, present
+) -> None:
+    model = load_model(tiny_model_path)
+    probability, kept = segment_keeping_context(case, model, present, "cpu")
+    np.testing.assert_array_equal(probability, segment(case, model, present=present, device="cpu"))
+    assert kept.fits(model, kept.prepared)
+    expected = prepare_case(case, model.config.sequences, present, model.config.preprocess)
+    np.testing.assert_array_equal(kept.prepared.volumes, expected.volumes)
+    np.testing.assert_array_equal(kept.prepared.present, expected.present)
+    built = CaseContext.build(model, expected, torch.device("cpu"))
+    np.testing.assert_array_equal(kept.slices, built.slices)
+    assert torch.equal(kept.context.out, built.context.out)
+    assert torch.equal(kept.teacher, built.teacher)
+    assert not kept.context.out.is_inference()  # trainable against (fast mode's batches)

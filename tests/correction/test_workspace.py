@@ -241,3 +241,68 @@ def test_workspace_folder_follows_the_grid_images_and_base_model(tmp_path, case,
     # another patient on the very same grid must not see this one's strokes
     other = fingerprint({name: image[::-1] for name, image in case.images.items()})
     assert folder != workspace_folder(tmp_path, geometry, other, tiny_model_path)
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Every CaseContext.build of the test (fast mode's whole-case cache), by presence."""
+    from napari_metseg.correction.cache import CaseContext
+
+    calls = []
+    real = CaseContext.build.__func__
+
+    def build(cls, model, prepared, *args, **kwargs):
+        calls.append(tuple(prepared.present.tolist()))
+        return real(cls, model, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(CaseContext, "build", classmethod(build))
+    return calls
+
+
+def test_rounds_on_one_case_keep_the_prepared_case_and_cache(
+    tmp_path, case, tiny_model_path, builds, monkeypatch
+) -> None:
+    from napari_metseg.correction import workspace as module
+
+    prepared = []
+    real_prepare = module.prepare_case
+    monkeypatch.setattr(
+        module, "prepare_case", lambda *a, **k: prepared.append(1) or real_prepare(*a, **k)
+    )
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    space.finetune(case, FAST)
+    space.finetune(case, FAST)
+    assert len(builds) == 1 and len(prepared) == 1
+    space.finetune(case, FAST, present=("bravo", "flair"))  # another presence: another cache
+    assert builds[-1] == (True, False, False, True) and len(builds) == 2
+    same_images = dataclasses.replace(case)  # another Case object (a new run): prepared anew
+    space.finetune(same_images, FAST, present=("bravo", "flair"))
+    assert len(builds) == 3 and len(prepared) == 3
+    space.drop_inputs()
+    space.finetune(same_images, FAST, present=("bravo", "flair"))
+    assert len(builds) == 4
+
+
+def test_a_round_uses_the_cache_a_run_kept_only_when_it_fits(
+    tmp_path, case, tiny_model_path, builds
+) -> None:
+    from napari_metseg.correction.cache import segment_keeping_context
+
+    space = Workspace(tmp_path / "ws", tiny_model_path, case.shape, case.name)
+    space.set_corrections(marks())
+    model = load_model(tiny_model_path)
+    probability, kept = segment_keeping_context(case, model, None, "cpu")
+    first = space.finetune(case, FAST, reference=probability, context=kept)
+    assert builds == [] and first.cache is kept
+    # the same round without the run's cache: the same model
+    fresh = Workspace(tmp_path / "fresh", tiny_model_path, case.shape, case.name)
+    fresh.set_corrections(marks())
+    rebuilt = fresh.finetune(case, FAST, reference=probability)
+    assert len(builds) == 1
+    for name, tensor in rebuilt.model.state_dict().items():
+        torch.testing.assert_close(first.model.state_dict()[name], tensor)
+
+    _, switched_off = segment_keeping_context(case, model, ("bravo",), "cpu")
+    space.finetune(case, FAST, context=switched_off)  # presence of the run != the round's
+    assert builds[-1] == (True, True, True, True) and len(builds) == 2

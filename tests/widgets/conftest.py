@@ -51,6 +51,10 @@ class FakeSegment:
             return self.probability
         return np.zeros(case.shape, dtype=np.float32)
 
+    def keeping_context(self, case, model, present=None, device="auto", progress=None, cancel=None):
+        """Stands in for ``segment_keeping_context``: the same call, no cache kept."""
+        return self(case, model, present, device, progress, cancel), None
+
 
 @pytest.fixture
 def fake_engine(monkeypatch):
@@ -59,6 +63,7 @@ def fake_engine(monkeypatch):
 
     fake = FakeSegment()
     monkeypatch.setattr(workers, "segment", fake)
+    monkeypatch.setattr(workers, "segment_keeping_context", fake.keeping_context)
     monkeypatch.setattr(run_state, "load_model", lambda path, device="cpu": "model")
     return fake
 

@@ -492,3 +492,69 @@ def test_a_crash_during_an_autosave_is_a_notification_and_keeps_the_last_strokes
     monkeypatch.undo()
     assert segmented.correction.save()
     assert Workspace(folder).corrections[5, 1, 1] == 1
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """The presence vector of every CaseContext.build (fast mode's whole-case cache)."""
+    from napari_metseg.correction.cache import CaseContext
+
+    calls = []
+    real = CaseContext.build.__func__
+
+    def build(cls, model, prepared, *args, **kwargs):
+        calls.append(tuple(prepared.present.tolist()))
+        return real(cls, model, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(CaseContext, "build", classmethod(build))
+    return calls
+
+
+def _round_cache(widget):
+    return widget.correction.workspace._inputs.cache
+
+
+def test_the_first_round_after_a_run_reuses_the_run_s_cache(
+    qtbot, viewer_with_case, tiny_model_path, builds
+):
+    widget = _segmented(qtbot, viewer_with_case, tiny_model_path)
+    kept = widget.correction._context[1]
+    assert kept.model is widget.state.model(tiny_model_path, widget.state.device)
+    _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
+    _finetune(qtbot, widget)
+    assert widget.correction.workspace.current == "v001" and builds == []
+    assert _round_cache(widget) is kept and widget.correction._context is None
+    _paint(viewer_with_case.layers[CORRECTIONS_LAYER], 1, 30, (10, 12), (10, 12))
+    _finetune(qtbot, widget)
+    assert widget.correction.workspace.current == "v002" and builds == []
+
+
+def test_a_new_run_with_a_sequence_off_replaces_the_cache(
+    qtbot, viewer_with_case, tiny_model_path, builds
+):
+    widget = _segmented(qtbot, viewer_with_case, tiny_model_path)
+    _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
+    _finetune(qtbot, widget)
+    first = _round_cache(widget)
+    widget.correction.use_version("base")
+    widget.case_panel.set_present("flair", False)
+    qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
+    assert widget.correction.workspace._inputs is None  # the old case's inputs were freed
+    kept = widget.correction._context[1]
+    assert kept.prepared.present.tolist() == [True, True, True, False]
+    _finetune(qtbot, widget)
+    assert builds == [] and _round_cache(widget) is kept and kept is not first
+
+
+def test_a_run_of_a_fine_tuned_version_keeps_no_cache_and_the_round_builds_it(
+    qtbot, viewer_with_case, tiny_model_path, builds
+):
+    widget = _segmented(qtbot, viewer_with_case, tiny_model_path)
+    _paint_strokes(viewer_with_case.layers[CORRECTIONS_LAYER])
+    _finetune(qtbot, widget)
+    qtbot.mouseClick(widget.segment_panel.run_button, Qt.MouseButton.LeftButton)  # with v001
+    qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
+    assert widget.state.version == "v001" and widget.correction._context is None
+    _finetune(qtbot, widget)
+    assert builds == [(True, True, True, True)]

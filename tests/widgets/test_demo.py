@@ -36,6 +36,9 @@ def fake_network(monkeypatch):
     for module in (model, run_state):
         monkeypatch.setattr(module, "load_model", load_model)
     monkeypatch.setattr(workers, "segment", segment)
+    monkeypatch.setattr(
+        workers, "segment_keeping_context", lambda *args, **kwargs: (segment(*args, **kwargs), None)
+    )
     return calls
 
 
