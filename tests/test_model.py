@@ -83,6 +83,25 @@ def test_forward_is_decode_of_context_of_features(integration, sharing, decoder)
 
 @pytest.mark.parametrize("decoder", ["none", "plus"])
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
+def test_decode_cells_work_on_any_gathered_cells(integration, sharing, decoder) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        sequences=PAIR, integration=integration, sharing=sharing, decoder=decoder, preprocess=SMALL
+    )
+    model = build_model(config).eval()
+    with torch.no_grad():
+        context = model.context(model.features(torch.randn(3, config.in_channels, 40, 48)))
+        cells = model.decode_cells(context)
+        assert cells.shape[-2:] == context.out.shape[-2:]
+        batch, row, col = torch.tensor([2, 0, 2]), torch.tensor([1, 0, 0]), torch.tensor([0, 1, 1])
+        gathered = Features(context.out[batch, ..., row, col][..., None, None], None, (1, 1))
+        torch.testing.assert_close(
+            model.decode_cells(gathered)[..., 0, 0], cells[batch, :, row, col]
+        )
+
+
+@pytest.mark.parametrize("decoder", ["none", "plus"])
+@pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
 def test_decoder_parameters_are_exactly_those_downstream_of_context(
     integration, sharing, decoder
 ) -> None:

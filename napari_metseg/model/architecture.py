@@ -211,14 +211,28 @@ class MetsegNet(nn.Module):
     def decode(self, context: Features) -> torch.Tensor:
         """Logits ``(B, num_classes, H, W)`` at input resolution from :meth:`context`.
 
-        The end level averages the per-sequence probabilities and returns their log.
+        The end level averages the per-sequence probabilities and returns their
+        log (upsampling is linear, so averaging before it is the same).
+        """
+        cells = self.decode_cells(context)
+        if self.config.integration != "end":
+            return _upsample(cells, context.size)
+        return _upsample(cells.exp(), context.size).clamp_min(1e-7).log()
+
+    def decode_cells(self, context: Features) -> torch.Tensor:
+        """Logits ``(B, num_classes, h, w)`` at the context's own resolution, before
+        :meth:`decode` upsamples them (which takes convex combinations of them).
+
+        Every layer after :meth:`context` is pointwise, so this runs on any
+        gathered set of positions shaped ``(N, ..., C, 1, 1)``: fast fine-tuning
+        holds chosen cells of a whole case that way at a fraction of a slice's cost.
         """
         if self.config.integration != "end":
-            return _upsample(self.classifier.decode(context.out), context.size)
-        probabilities = []
-        for i in range(context.out.shape[1]):
-            logits = self._branch(i)["head"].decode(context.out[:, i])
-            probabilities.append(F.softmax(_upsample(logits, context.size), dim=1))
+            return self.classifier.decode(context.out)
+        probabilities = [
+            F.softmax(self._branch(i)["head"].decode(context.out[:, i]), dim=1)
+            for i in range(context.out.shape[1])
+        ]
         return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
 
     def decoder_parameters(self) -> list[nn.Parameter]:
