@@ -21,7 +21,8 @@ time, each from the base model:
   stroke so far (as the workspace does).
 
 After each round (p >= 0.10, 26-connected candidates): painted lesions found
-(a candidate overlaps the lesion), sensitivity on the lesions nobody painted,
+(a candidate overlaps the lesion), rejected false positives removed (none of
+their voxels left at p >= 0.10), sensitivity on the lesions nobody painted,
 lesion volume outside the truth and false-positive components >= 10 mm^3, next
 to the base model's, the attempts the trust region needed, refusals, and the
 round's seconds (fine-tuning plus the whole-case prediction it returns). In
@@ -151,7 +152,10 @@ def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: 
     }
 
 
-def measure(bench: Bench, outcome: dict, painted: set[int]) -> dict:
+def measure(
+    bench: Bench, outcome: dict, painted: set[int], rejected: np.ndarray | None = None
+) -> dict:
+    """Scores of a round's prediction; ``rejected``: voxels marked 'not lesion'."""
     voxel = bench.case.geometry.voxel_volume
     now = score(outcome["probability"], bench.truth, voxel)
     lesions = set(range(1, int(bench.truth.max()) + 1))
@@ -159,6 +163,10 @@ def measure(bench: Bench, outcome: dict, painted: set[int]) -> dict:
     return {
         "painted": len(painted),
         "painted_found": len(painted & now["found"]),
+        "rejected": int(rejected is not None),
+        "rejected_left": int(
+            rejected is not None and bool((now["candidates"][rejected] > 0).any())
+        ),
         "unpainted": len(unpainted),
         "unpainted_found": len(unpainted & now["found"]),
         "base_unpainted_found": len(unpainted & bench.base_score["found"]),
@@ -200,7 +208,8 @@ def profile_rounds(bench: Bench, model: MetsegNet, profile: str, variant: str, a
         candidates = bench.base_score["candidates"]
         largest = max(bench.base_score["false"], key=lambda c: np.count_nonzero(candidates == c))
         corrections[candidates == largest] = 2
-        return [measure(bench, run_round(bench, model, corrections, variant, args), painted)]
+        outcome = run_round(bench, model, corrections, variant, args)
+        return [measure(bench, outcome, painted, candidates == largest)]
     if profile == "wrong_undo":
         healthy_dab(corrections, bench, np.random.default_rng(0))
         wrong = measure(bench, run_round(bench, model, corrections, variant, args), painted)
@@ -234,6 +243,7 @@ def summarise(rows: list[dict]) -> str:
     painted = total("painted")
     return (
         f"{total('painted_found')}/{painted:<3} "
+        f"{total('rejected') - total('rejected_left')}/{total('rejected'):<3} "
         f"{total('unpainted_found'):>3}/{total('unpainted'):<3} (base {total('base_unpainted_found'):>3}) "
         f"{total('outside_mm3') / 1000 / len(rows):>7.2f} (base {total('base_outside_mm3') / 1000 / len(rows):>5.2f}) "
         f"{total('fp') / len(rows):>5.2f} (base {total('base_fp') / len(rows):>4.2f}) "
@@ -263,7 +273,7 @@ def main() -> None:
     model = load_model(args.model)
     benches = [prepare_bench(seed, model, args) for seed in range(9000, 9000 + args.cases)]
     print(
-        "columns: painted found | unpainted found (base) | cm^3 outside truth per state (base) | "
+        "columns: painted found | rejected removed | unpainted found (base) | cm^3 outside truth per state (base) | "
         "FP >= 10 mm^3 per state (base) | attempts | refused | seconds per round"
     )
     for profile in args.profiles.split(","):

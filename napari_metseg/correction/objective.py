@@ -10,9 +10,11 @@ term when the batch holds no mark), each term a mean over its own voxels:
   ``stroke_share`` of the loss exactly as 10,000 would: the strokes dominate
   where they are, and cannot outweigh the rest of the case by their count
   (the first half of the runaway of issue #13 was 9 voxels weighing more
-  than a slice). A mark stops pulling once it holds its class at
+  than a slice). A lesion mark stops pulling once it holds its class at
   ``stroke_target`` (0.9): a painted lesion needs to pass the 0.10 candidate
   threshold, not to reach certainty, and the pull beyond it is what spreads.
+  A 'not lesion' mark stops as far under the threshold (at 0.01 for 0.10: at
+  0.9 of its class it would sit on the threshold and stay a candidate).
 - **Voxels near a lesion stroke** (``lesion_margin`` pixels, a square) are
   left out of the unmarked term: the painted lesion extends beyond the few
   voxels painted in it, and the teacher, which missed it, would hold it back.
@@ -56,15 +58,14 @@ appeared elsewhere: the frozen features do not tell these lesions from other
 spots, so the trust region rejects any round strong enough to find them.
 Measured with the bundled model on cases 9000 and 9001: the cells of the
 decoder's input under the missed 1-voxel lesions rank behind 2,500 and 11,000
-other cells of their case by the base model's logit. Two whole-case holds
-were tried and dropped. Holding the 2,000 cells that rose most over their
-ceiling (re-mined every 5 of 40 steps, lr 3e-3) kept every round free of new
-candidates, but the painted lesions fell to p < 0.001 and the round
-suppressed the base model's candidates with them. Holding every base
-candidate of the case in every step kept them (false positives 9.0 per case,
-the base's, against 7.0 without), but the specks a dab sprouts then needed
-2.75 attempts instead of 2.0. The sample case's runaway test (one dab on its
-1-voxel lesion) was then refused outright instead of accepted.
+other cells of their case by the base model's logit. Holding the 2,000 cells
+that rose most over their ceiling (re-mined every 5 of 40 steps, lr 3e-3) kept
+every round free of new candidates, but the painted lesions fell to p < 0.001
+with the base model's candidates. A 'not lesion' mark on every voxel of a
+false positive fares no better: the false positives look like the lesions the
+round must keep (1 of 4 removed while 5 true lesions went elsewhere; 0 of 4
+with the whole-case hold of fast mode, :class:`~napari_metseg.correction.steps.KeptCells`,
+which keeps them).
 """
 
 from __future__ import annotations
@@ -161,7 +162,12 @@ def correction_loss(
     marked = marks != UNMARKED
     lesion = (marks == LESION).long()
     ce = F.cross_entropy(logits.float(), lesion, reduction="none")
-    satisfied = -math.log(stroke_target)  # no pull once a mark holds its class at stroke_target
+    # no pull once a lesion mark is at stroke_target, a 'not lesion' mark as far under the threshold
+    satisfied = torch.where(
+        lesion == 1,
+        -math.log(stroke_target),
+        -math.log(1.0 - threshold * (1.0 - stroke_target)),
+    )
     class_weight = torch.where(lesion == 1, alpha, 1.0) * marked
     strokes = (class_weight * (ce - satisfied).clamp_min(0.0)).sum() / class_weight.sum().clamp_min(
         1e-12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -92,6 +93,16 @@ def test_strokes_carry_their_share_of_the_loss_whatever_their_count() -> None:
     # a mark already at stroke_target is satisfied: no further pull
     satisfied = correction_loss(logits, marks, teacher, stroke_share=1.0, stroke_target=0.5)
     assert float(satisfied) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("p_lesion", "pulled"), [(0.1, True), (0.02, True), (0.005, False)])
+def test_a_not_lesion_mark_pulls_until_well_under_the_threshold(p_lesion, pulled) -> None:
+    """At 0.9 'not lesion' a mark would sit on the 0.10 threshold, still a candidate."""
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 1] = math.log(p_lesion / (1 - p_lesion))
+    marks = torch.full((1, 4, 4), NOT_LESION, dtype=torch.uint8)
+    loss = correction_loss(logits, marks, torch.zeros(1, 4, 4), stroke_share=1.0)
+    assert (float(loss) > 0) == pulled
 
 
 def test_the_hold_charges_only_crossing_the_candidate_threshold() -> None:
