@@ -25,9 +25,10 @@ Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
   the one a run left, with the model and prepared case it was built from, and
   it is reused while the model is unchanged), and
   only those last layers train; the whole-case prediction of each attempt
-  decodes the cache. A round with a warm cache took 6-16 s on 2 CPU cores
-  shared with other work (3.7 s when they were quiet); building the cache
-  costs about one segmentation of the case (10-50 s there).
+  decodes the cache. On 2 quiet CPU cores a round with a warm cache took
+  3.9-6.0 s on the correction benchmark (1.5-2.3 attempts on average) and
+  4.4-5.1 s from click to layers in the workbench; building the cache costs
+  about one segmentation of the case (6 s on the sample case).
 - ``full`` (default on GPU): all weights train.
 
 Both feed every sample under a few sequence-dropout draws, so the round keeps
