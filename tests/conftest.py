@@ -31,3 +31,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """The presence vector of every CaseContext.build (fast mode's whole-case cache) of the test."""
+    from napari_metseg.correction.cache import CaseContext
+
+    calls = []
+    real = CaseContext.build.__func__
+
+    def build(cls, model, prepared, *args, **kwargs):
+        calls.append(tuple(prepared.present.tolist()))
+        return real(cls, model, prepared, *args, **kwargs)
+
+    monkeypatch.setattr(CaseContext, "build", classmethod(build))
+    return calls

@@ -201,3 +201,16 @@ class _Keeper:
             model_stamp(model),
             device,
         )
+
+
+@dataclass
+class RoundInputs:
+    """What a round on ``case`` starts from, kept for the next: the base model (loaded
+    once, never trained: rounds train copies), ``case`` prepared for it with the
+    round's presence, and fast mode's cache of the two (None until a fast round or a
+    run made it)."""
+
+    case: Case
+    model: MetsegNet
+    prepared: PreparedCase
+    cache: CaseContext | None = None

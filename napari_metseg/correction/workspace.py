@@ -28,7 +28,6 @@ of its grid, its images and its base model.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,22 +35,27 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_metseg.case import Case, Geometry
-from napari_metseg.correction.cache import CaseContext
+from napari_metseg.correction.cache import CaseContext, RoundInputs
 from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
 from napari_metseg.correction.samples import check_corrections, empty_corrections
+from napari_metseg.correction.storage import (
+    file_digest,
+    read_corrections,
+    write_corrections,
+    write_json,
+)
 from napari_metseg.engine import Presence
 from napari_metseg.errors import ModelFileError, WorkspaceError
 from napari_metseg.model import MetsegNet, load_model, save_model
 from napari_metseg.model.files import default_model_path
-from napari_metseg.preprocess import PreparedCase, fed_sequences, prepare_case
+from napari_metseg.preprocess import fed_sequences, prepare_case
 from napari_metseg.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -63,17 +67,6 @@ BASE = "base"
 STATE = "workspace.json"
 CORRECTIONS = "corrections.npz"
 VERSIONS = "versions"
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a model file, or of every file in a model folder (sorted by name)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def workspace_folder(
@@ -96,49 +89,6 @@ def workspace_folder(
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return Path(root) / f"case-{digest[:12]}"
-
-
-def _atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(target: Path, content: dict[str, Any]) -> None:
-    text = (json.dumps(content, indent=2) + "\n").encode()
-    _atomic_write(target, lambda stream: stream.write(text))
-
-
-def _write_corrections(target: Path, corrections: np.ndarray) -> None:
-    _atomic_write(target, lambda stream: np.savez_compressed(stream, corrections=corrections))
-
-
-def _read_corrections(path: Path) -> np.ndarray:
-    try:
-        with np.load(path) as data:
-            return data["corrections"].astype(np.uint8)
-    except (OSError, KeyError, ValueError) as error:
-        raise WorkspaceError(f"{path}: unreadable corrections: {error}") from error
-
-
-@dataclass
-class RoundInputs:
-    """What a round on ``case`` starts from, kept for the next: the base model (loaded
-    once, never trained: rounds train copies), ``case`` prepared for it with the
-    round's presence, and fast mode's cache of the two (None until a fast round or a
-    run made it)."""
-
-    case: Case
-    model: MetsegNet
-    prepared: PreparedCase
-    cache: CaseContext | None = None
 
 
 class Workspace:
@@ -198,7 +148,7 @@ class Workspace:
         corrections_file = self.folder / CORRECTIONS
         if corrections_file.exists():
             self._corrections = check_corrections(
-                _read_corrections(corrections_file), self.shape
+                read_corrections(corrections_file), self.shape
             ).copy()
         else:
             self._corrections = empty_corrections(self.shape)
@@ -214,7 +164,7 @@ class Workspace:
         return state
 
     def _save_state(self) -> None:
-        _write_json(self.folder / STATE, self._state)
+        write_json(self.folder / STATE, self._state)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -284,7 +234,7 @@ class Workspace:
                 return False
         checked = check_corrections(corrections, self.shape).copy()
         with self._lock:
-            _write_corrections(path, checked)
+            write_corrections(path, checked)
             self._corrections = checked
         return True
 
@@ -293,7 +243,7 @@ class Workspace:
         if version == BASE:
             return empty_corrections(self.shape)
         self.info(version)
-        return _read_corrections(self.folder / VERSIONS / version / CORRECTIONS)
+        return read_corrections(self.folder / VERSIONS / version / CORRECTIONS)
 
     def add_version(
         self,
@@ -325,8 +275,8 @@ class Workspace:
                 staging / "model",
                 {"finetune": {"case": self._state["case"], "version": version, "parent": parent}},
             )
-            _write_corrections(staging / CORRECTIONS, corrections)
-            _write_json(staging / "version.json", record)
+            write_corrections(staging / CORRECTIONS, corrections)
+            write_json(staging / "version.json", record)
             os.replace(staging, root / version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -369,7 +319,7 @@ class Workspace:
         config = config or FinetuneConfig()
         corrections = self.corrections
         with self._lock:
-            _write_corrections(self.folder / CORRECTIONS, corrections)
+            write_corrections(self.folder / CORRECTIONS, corrections)
         if context is not None:
             self._inputs = RoundInputs(case, context.model, context.prepared, context)
         inputs = self._round_inputs(case, present)

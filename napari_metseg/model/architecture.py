@@ -211,13 +211,15 @@ class MetsegNet(nn.Module):
     def decode(self, context: Features) -> torch.Tensor:
         """Logits ``(B, num_classes, H, W)`` at input resolution from :meth:`context`.
 
-        The end level averages the per-sequence probabilities and returns their
-        log (upsampling is linear, so averaging before it is the same).
+        The end level averages the per-sequence probabilities and returns their log.
         """
-        cells = self.decode_cells(context)
         if self.config.integration != "end":
-            return _upsample(cells, context.size)
-        return _upsample(cells.exp(), context.size).clamp_min(1e-7).log()
+            return _upsample(self.decode_cells(context), context.size)
+        probabilities = []
+        for i in range(context.out.shape[1]):
+            logits = self._branch(i)["head"].decode(context.out[:, i])
+            probabilities.append(F.softmax(_upsample(logits, context.size), dim=1))
+        return torch.stack(probabilities).mean(dim=0).clamp_min(1e-7).log()
 
     def decode_cells(self, context: Features) -> torch.Tensor:
         """Logits ``(B, num_classes, h, w)`` at the context's own resolution, before

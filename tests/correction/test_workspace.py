@@ -19,7 +19,8 @@ from napari_metseg.correction import (
     WorkspaceError,
     empty_corrections,
 )
-from napari_metseg.correction.workspace import file_digest, workspace_folder
+from napari_metseg.correction.storage import file_digest
+from napari_metseg.correction.workspace import workspace_folder
 from napari_metseg.errors import Cancelled
 from napari_metseg.io import write_volume
 from napari_metseg.model import load_model
@@ -206,7 +207,7 @@ def test_a_failed_version_write_leaves_no_version(
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("napari_metseg.correction.workspace._write_json", crash)
+    monkeypatch.setattr("napari_metseg.correction.workspace.write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         space.finetune(case, FAST)
     monkeypatch.undo()
@@ -241,22 +242,6 @@ def test_workspace_folder_follows_the_grid_images_and_base_model(tmp_path, case,
     # another patient on the very same grid must not see this one's strokes
     other = fingerprint({name: image[::-1] for name, image in case.images.items()})
     assert folder != workspace_folder(tmp_path, geometry, other, tiny_model_path)
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """Every CaseContext.build of the test (fast mode's whole-case cache), by presence."""
-    from napari_metseg.correction.cache import CaseContext
-
-    calls = []
-    real = CaseContext.build.__func__
-
-    def build(cls, model, prepared, *args, **kwargs):
-        calls.append(tuple(prepared.present.tolist()))
-        return real(cls, model, prepared, *args, **kwargs)
-
-    monkeypatch.setattr(CaseContext, "build", classmethod(build))
-    return calls
 
 
 def test_rounds_on_one_case_keep_the_prepared_case_and_cache(

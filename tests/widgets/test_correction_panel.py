@@ -12,7 +12,8 @@ from qtpy.QtCore import Qt
 
 from napari_metseg.case import fingerprint
 from napari_metseg.correction import TrustRegion, Workspace
-from napari_metseg.correction.workspace import file_digest, workspace_folder
+from napari_metseg.correction.storage import file_digest
+from napari_metseg.correction.workspace import workspace_folder
 from napari_metseg.importance import compare_lesions
 from napari_metseg.layerdata import (
     CHANGES_LAYER,
@@ -492,22 +493,6 @@ def test_a_crash_during_an_autosave_is_a_notification_and_keeps_the_last_strokes
     monkeypatch.undo()
     assert segmented.correction.save()
     assert Workspace(folder).corrections[5, 1, 1] == 1
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """The presence vector of every CaseContext.build (fast mode's whole-case cache)."""
-    from napari_metseg.correction.cache import CaseContext
-
-    calls = []
-    real = CaseContext.build.__func__
-
-    def build(cls, model, prepared, *args, **kwargs):
-        calls.append(tuple(prepared.present.tolist()))
-        return real(cls, model, prepared, *args, **kwargs)
-
-    monkeypatch.setattr(CaseContext, "build", classmethod(build))
-    return calls
 
 
 def _round_cache(widget):
