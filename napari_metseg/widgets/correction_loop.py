@@ -28,10 +28,8 @@ workspace kept, before it starts (0.6 GB on the sample case).
 from __future__ import annotations
 
 import os
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +39,7 @@ from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_metseg.case import Case
-from napari_metseg.correction import FinetuneConfig, FinetuneResult, Workspace
+from napari_metseg.correction import Workspace
 from napari_metseg.correction.cache import CaseContext
 from napari_metseg.correction.finetune import round_mode
 from napari_metseg.correction.workspace import BASE, STATE, workspace_folder
@@ -52,7 +50,7 @@ from napari_metseg.layerdata import CHANGES_LAYER, changes_layer, corrections_la
 from napari_metseg.widgets.correction_panel import CorrectionPanel, default_workspace_root
 from napari_metseg.widgets.layers import find_layer, same_layer, show_layer
 from napari_metseg.widgets.run_state import RunState
-from napari_metseg.widgets.workers import run_segmentation
+from napari_metseg.widgets.workers import Round, finetune_round, run_segmentation
 
 if TYPE_CHECKING:
     import napari.layers
@@ -65,37 +63,6 @@ NOTHING_MARKED = (
     "no corrections: paint 1 (lesion) or 2 (not lesion) in the corrections layer, "
     "or accept / reject lesions in the lesion table"
 )
-
-
-@dataclass
-class Round:
-    """One fine-tuning round: the version it made, its prediction and how training went."""
-
-    version: str
-    probability: np.ndarray
-    result: FinetuneResult
-
-
-def finetune_round(
-    workspace: Workspace,
-    case: Case,
-    present: Sequence[str],
-    config: FinetuneConfig,
-    reference: np.ndarray | None,
-    context: CaseContext | None,
-    progress: Callable[[int, int, str], None],
-    cancel: threading.Event,
-) -> Round:
-    """Fine-tune the base model on the saved strokes; the round's own prediction comes back.
-
-    ``reference``: the base model's prediction with ``present`` when already
-    computed (the round's trust region needs it); ``context``: fast mode's
-    cache that the run of the base model kept, if it did.
-    """
-    result = workspace.finetune(
-        case, config, tuple(present), progress, cancel, reference=reference, context=context
-    )
-    return Round(workspace.current, result.probability, result)
 
 
 class CorrectionLoop(QObject):
