@@ -11,7 +11,8 @@
 # steps keeps the best model), then writes to $OUT:
 #   model/config.json, model/model.safetensors.part-aa, -ab ... (<= 15 MiB each;
 #   join: cat model.safetensors.part-* > model.safetensors), log.csv, train.log.
-# Settings by environment: PYTHON (python3), DECODER (plus), STRIDE (16),
+# Settings by environment: PYTHON (python3), DECODER (plus), HEAD (128: the
+# width of the ASPP and decoder), STRIDE (16),
 # ITERATIONS (6000: the poly schedule's length; the time limit may stop it
 # first), BATCH (32), VAL_INTERVAL (500), CASES (48 training + 6 validation
 # phantoms; 56 + 7 took 163 s on 16 cores). On an H200 a step of 32 slices
@@ -33,7 +34,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
 else
-    export PYTHONPATH=$PWD
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
 RUN=${RUN_DIR:-/tmp/metseg-run}
@@ -42,7 +43,7 @@ started=$(date +%s)
 "$PY" scripts/device_train.py "$SMOKE" "$LIMIT" "$RUN" 2>&1 | tee "$OUT/train.log"
 cp "$RUN/log.csv" "$OUT/log.csv" 2>/dev/null || true
 settings=""
-for name in TOTAL ITERATIONS BATCH VAL_INTERVAL CASES DECODER STRIDE; do
+for name in TOTAL ITERATIONS BATCH VAL_INTERVAL CASES DECODER HEAD STRIDE; do
     [[ -n ${!name:-} ]] && settings+="$name=${!name} "
 done
 "$PY" scripts/bundle_model.py "$RUN" "${settings}bash scripts/device_train.sh $*" "$OUT/model"

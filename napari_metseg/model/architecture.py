@@ -151,11 +151,12 @@ class MetsegNet(nn.Module):
         config = self.config
         features = _FEATURES[config.backbone] * n_sequences
         if config.decoder == "none":
-            return PlainHead(features, config.num_classes)
+            return PlainHead(features, config.num_classes, channels=config.head_channels)
         return PlusHead(
             features,
             _LOW_LEVEL[config.backbone][1] * n_sequences,
             config.num_classes,
+            config.head_channels,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

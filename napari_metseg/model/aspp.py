@@ -70,12 +70,16 @@ class DeepLabHead(nn.Sequential):
     """ASPP, a 3x3 convolution and the 1x1 classifier: logits at the features' stride."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, atrous_rates: Sequence[int] = (12, 24, 36)
+        self,
+        in_channels: int,
+        num_classes: int,
+        atrous_rates: Sequence[int] = (12, 24, 36),
+        channels: int = ASPP_CHANNELS,
     ) -> None:
         super().__init__(
-            ASPP(in_channels, atrous_rates),
-            nn.Conv2d(ASPP_CHANNELS, ASPP_CHANNELS, 3, padding=1, bias=False),
-            nn.BatchNorm2d(ASPP_CHANNELS),
+            ASPP(in_channels, atrous_rates, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
             nn.ReLU(),
-            nn.Conv2d(ASPP_CHANNELS, num_classes, 1),
+            nn.Conv2d(channels, num_classes, 1),
         )

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from napari_metseg.model.aspp import ASPP, DeepLabHead
+from napari_metseg.model.aspp import ASPP, ASPP_CHANNELS, DeepLabHead
 
 #: Decoders: ``none`` (the method's DeepLabv3) or ``plus`` (DeepLabv3+).
 DECODERS: tuple[str, ...] = ("none", "plus")
@@ -113,12 +113,16 @@ class PlusHead(nn.Module):
     round.
     """
 
-    def __init__(self, in_channels: int, low_channels: int, num_classes: int) -> None:
+    def __init__(
+        self, in_channels: int, low_channels: int, num_classes: int, channels: int = ASPP_CHANNELS
+    ) -> None:
         super().__init__()
-        self.aspp = ASPP(in_channels, (12, 24, 36))
+        self.aspp = ASPP(in_channels, (12, 24, 36), channels)
         self.reduce = _conv_bn_relu(low_channels, LOW_LEVEL_REDUCED, 1)
-        self.refine = nn.Sequential(_separable(256 + LOW_LEVEL_REDUCED, 256), _separable(256, 256))
-        self.classify = nn.Conv2d(256, num_classes, 1)
+        self.refine = nn.Sequential(
+            _separable(channels + LOW_LEVEL_REDUCED, channels), _separable(channels, channels)
+        )
+        self.classify = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
         return self.decode(self.context(out, low))

@@ -47,7 +47,8 @@ class TrainConfig:
     ``context`` neighbours per side. Model: ``integration``, ``sharing``,
     ``backbone``, ``output_stride`` (None: the backbone's default; see
     :class:`napari_metseg.model.ModelConfig`), ``decoder`` (``none``: the
-    method's DeepLabv3; ``plus``: DeepLabv3+), and
+    method's DeepLabv3; ``plus``: DeepLabv3+), ``head_channels`` (their
+    width; the method's 256), and
     ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
@@ -84,6 +85,7 @@ class TrainConfig:
     backbone: str = "resnet50"
     output_stride: int | None = None
     decoder: str = "none"
+    head_channels: int = 256
     tied_weight: float = 1e-4
     sequence_dropout: bool = True
     dropout_rate: float = 0.25

@@ -42,6 +42,7 @@ def model_config(config: TrainConfig) -> ModelConfig:
         backbone=config.backbone,
         output_stride=config.output_stride,
         decoder=config.decoder,
+        head_channels=config.head_channels,
         preprocess=PreprocessConfig(size=config.size, context=config.context),
     )
 
