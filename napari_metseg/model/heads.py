@@ -16,7 +16,11 @@ two 3x3 convolutions, so the logits come at stride 4 instead of 8 or 16. The
 refining convolutions are depthwise separable, as in the paper's Xception
 model: at a quarter of the slice, two full 3x3 convolutions of 256 channels
 cost 2.5 times the light network's whole forward pass (10 of 5 GFLOP per
-256 x 256 slice); separable ones cost 1.2 GFLOP.
+256 x 256 slice); separable ones cost 1.2 GFLOP. Even so, on a CPU the
+decoder's memory-bound layers at 256 channels took longer than the backbone
+and the ASPP together: per 8 slices on 2 quiet threads (folded, float32), the
+light network took 0.28 s without the decoder, 0.68 s with it at 256 channels
+and 0.30 s at 128 (``ModelConfig.head_channels``, which narrows the ASPP too).
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class PlusHead(nn.Module):
     pointwise convolution (with its batch norm and ReLU) and the classifier,
     a per-pixel two-layer network on 256 features at stride 4; :meth:`context`
     everything before it. Fast fine-tuning trains only :meth:`decode` on cached
-    context. Measured with the bundled model on 2 shared CPU cores, per 8
+    context. Measured with the 256-channel model on 2 shared CPU cores, per 8
     slices of 256 x 256: backbone 2.8-4.3 s, ASPP 0.5-0.8 s, the decoder
     after the ASPP 1.2-1.4 s, :meth:`decode` 0.23 s; one AdamW step on 4
     slices 2.1-2.2 s through the decoder after the ASPP, 0.5 s through
