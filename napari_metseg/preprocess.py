@@ -194,8 +194,11 @@ def prepare_volumes(
             source = source.pin_memory()
         normalised = _apply_window(source.to(device, non_blocking=True), window)
         tissue |= _tissue(normalised)
-        volumes[index] = clahe(
-            resize(normalised, size, size), config.clahe_clip_limit, config.clahe_kernel_size
+        clahe(
+            resize(normalised, size, size),
+            config.clahe_clip_limit,
+            config.clahe_kernel_size,
+            out=volumes[index],
         )
     tissue_flags = tissue.cpu().numpy()
     logger.debug(

@@ -13,6 +13,8 @@ runs as one batch, in chunks that bound the memory of the gather indices.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
@@ -24,14 +26,18 @@ BINS = 256
 
 
 def clahe(
-    images: torch.Tensor, clip_limit: float = 0.01, kernel_size: int | None = None
+    images: torch.Tensor,
+    clip_limit: float = 0.01,
+    kernel_size: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLAHE of every ``(H, W)`` image of a float ``(N, H, W)`` batch in ``[0, 1]``.
 
     ``clip_limit`` is skimage's normalised clip limit; ``kernel_size`` the
     contextual region in pixels (``None``: 1/8 of each side, skimage's
     default). Returns float32 ``(N, H, W)`` in ``[0, 1]`` on the input's
-    device; all-zero images stay zero (they are not equalised).
+    device, written into ``out`` when given (a case's volume: no copy of the
+    result); all-zero images stay zero (they are not equalised).
     """
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got shape {tuple(images.shape)}")
@@ -40,25 +46,66 @@ def clahe(
         kernel = (max(height // 8, 1), max(width // 8, 1))
     else:
         kernel = (int(kernel_size), int(kernel_size))
-    out = torch.empty((n, height, width), dtype=torch.float32, device=images.device)
-    nonzero = images.flatten(1).ne(0).any(1)
-    out[~nonzero] = 0.0
+    if out is None:
+        out = torch.empty((n, height, width), dtype=torch.float32, device=images.device)
+    flat = images.flatten(1)
+    nonzero = flat.amax(1).ne(0) | flat.amin(1).ne(0)  # no (N, H*W) bool temporary
+    out.index_fill_(0, torch.nonzero(~nonzero).flatten(), 0.0)
     busy = torch.nonzero(nonzero).flatten()
+    grid = _Grid.build(height, width, kernel, images.device)
     for chunk in slice_chunks(busy.numel(), height * width, images.device):
-        index = busy[chunk]
-        out[index] = _equalise(images[index].float(), kernel, clip_limit)
+        index = _contiguous(busy[chunk])
+        out[index] = _equalise(images[index].float(), grid, clip_limit)
     return out
 
 
-def _equalise(images: torch.Tensor, kernel: tuple[int, int], clip_limit: float) -> torch.Tensor:
+def _contiguous(index: torch.Tensor) -> torch.Tensor | slice:
+    """A run of consecutive indices as a slice: views and plain copies, not gathers."""
+    first, last = int(index[0]), int(index[-1])
+    return slice(first, last + 1) if last - first + 1 == index.numel() else index
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What depends on the slice size alone, computed once per call, not per chunk.
+
+    ``block``: per pixel, its padded block's first row in the table of four
+    mappings (times ``BINS``); ``weights``: ``(H, W, 4)`` bilinear weights of
+    the four regions, float32 where that is exact (see :func:`_interpolate`).
+    """
+
+    kernel: tuple[int, int]
+    tiles: tuple[int, int]
+    block: torch.Tensor
+    weights: torch.Tensor
+    exact32: bool
+
+    @staticmethod
+    def build(height: int, width: int, kernel: tuple[int, int], device: torch.device) -> _Grid:
+        tiles_r, tiles_c = -(-height // kernel[0]), -(-width // kernel[1])
+        row_block, row_weight = _blocks(height, kernel[0], device)
+        col_block, col_weight = _blocks(width, kernel[1], device)
+        block = ((row_block[:, None] * (tiles_c + 1) + col_block[None, :]) * BINS).int()
+        row_w = torch.stack([1.0 - row_weight, row_weight], dim=1)
+        col_w = torch.stack([1.0 - col_weight, col_weight], dim=1)
+        weights = (col_w[None, :, None, :] * row_w[:, None, :, None]).reshape(height, width, 4)
+        # float32 products are exact (so equal to skimage's float64 ones, rounded) when
+        # the weights are dyadic with few bits: power-of-two regions of <= 2^10 pixels.
+        exact32 = all(k & (k - 1) == 0 for k in kernel) and kernel[0] * kernel[1] <= 2**10
+        if exact32:
+            weights = weights.float()
+        return _Grid(kernel, (tiles_r, tiles_c), block, weights, exact32)
+
+
+def _equalise(images: torch.Tensor, grid: _Grid, clip_limit: float) -> torch.Tensor:
     grey = _quantise(images)
     bins = torch.div(grey, 1 + GREY_LEVELS // BINS, rounding_mode="floor")
-    mapping = _mappings(bins, kernel, clip_limit)
-    return _rescale(_interpolate(bins, mapping, kernel))
+    mapping = _mappings(bins, grid, clip_limit)
+    return _rescale(_interpolate(bins, mapping, grid))
 
 
 def _quantise(images: torch.Tensor) -> torch.Tensor:
-    """``img_as_uint`` then ``rescale_intensity`` to ``[0, 2^14 - 1]``, rounded: int64.
+    """``img_as_uint`` then ``rescale_intensity`` to ``[0, 2^14 - 1]``, rounded: int32.
 
     The stretch runs in float64 as in skimage: its rounding ties decide bins.
     """
@@ -71,14 +118,14 @@ def _quantise(images: torch.Tensor) -> torch.Tensor:
         low = torch.where(flat, 0.0, low)
         span = torch.where(flat, float(GREY_LEVELS - 1), span)
     grey.sub_(low).div_(span).mul_(float(GREY_LEVELS - 1))
-    return grey.round_().long()
+    return grey.round_().int()
 
 
-def _mappings(bins: torch.Tensor, kernel: tuple[int, int], clip_limit: float) -> torch.Tensor:
+def _mappings(bins: torch.Tensor, grid: _Grid, clip_limit: float) -> torch.Tensor:
     """Grey-level mapping of every contextual region: int64 ``(N, tiles_r, tiles_c, BINS)``."""
     n, height, width = bins.shape
-    kr, kc = kernel
-    tiles_r, tiles_c = -(-height // kr), -(-width // kc)
+    kr, kc = grid.kernel
+    tiles_r, tiles_c = grid.tiles
     rows = _reflect(tiles_r * kr, height, bins.device)
     cols = _reflect(tiles_c * kc, width, bins.device)
     region = bins
@@ -88,7 +135,7 @@ def _mappings(bins: torch.Tensor, kernel: tuple[int, int], clip_limit: float) ->
         region = region[:, :, cols]
     tiles = region.reshape(n, tiles_r, kr, tiles_c, kc).permute(0, 1, 3, 2, 4)
     tiles = tiles.reshape(n * tiles_r * tiles_c, kr * kc)
-    offsets = torch.arange(tiles.shape[0], device=bins.device)[:, None] * BINS
+    offsets = torch.arange(tiles.shape[0], dtype=torch.int32, device=bins.device)[:, None] * BINS
     hist = torch.bincount((tiles + offsets).flatten(), minlength=tiles.shape[0] * BINS)
     hist = hist.view(-1, BINS)
     elements = kr * kc
@@ -153,43 +200,36 @@ def _redistribute(hist: torch.Tensor, n_excess: torch.Tensor, limit: int) -> tor
     return hist
 
 
-def _interpolate(
-    bins: torch.Tensor, mapping: torch.Tensor, kernel: tuple[int, int]
-) -> torch.Tensor:
+def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, grid: _Grid) -> torch.Tensor:
     """Bilinear blend of the four neighbouring regions' mappings, summed as skimage sums it.
 
     Pixels of one padded block share their four regions: a table of the four
     mappings per block and bin turns the blend into one gather of four values.
     """
-    n, height, width = bins.shape
-    _, tiles_r, tiles_c, _ = mapping.shape
-    row_block, row_weight = _blocks(height, kernel[0], bins.device)
-    col_block, col_weight = _blocks(width, kernel[1], bins.device)
-    # float32 products are exact (so equal to skimage's float64 ones, rounded) when
-    # the weights are dyadic with few bits: power-of-two regions of <= 2^10 pixels.
-    exact32 = all(k & (k - 1) == 0 for k in kernel) and kernel[0] * kernel[1] <= 2**10
+    n = bins.shape[0]
+    tiles_r, tiles_c = grid.tiles
+    exact32, weights = grid.exact32, grid.weights
     dtype = torch.float32 if exact32 else torch.float64
     # maps padded by one region on every side, as skimage's edge-padded map array
     padded = F.pad(mapping.to(dtype).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    padded = padded.permute(0, 2, 3, 1)  # (n, tiles_r + 2, tiles_c + 2, BINS)
     corners = torch.stack(
         [
-            padded[:, :, :-1, :-1],
-            padded[:, :, :-1, 1:],
-            padded[:, :, 1:, :-1],
-            padded[:, :, 1:, 1:],
+            padded[:, :-1, :-1],
+            padded[:, :-1, 1:],
+            padded[:, 1:, :-1],
+            padded[:, 1:, 1:],
         ],
         dim=-1,
-    )  # (n, BINS, tiles_r + 1, tiles_c + 1, 4)
-    table = corners.permute(0, 2, 3, 1, 4).reshape(-1, 4)
+    )  # (n, tiles_r + 1, tiles_c + 1, BINS, 4), already in the table's order
+    table = corners.view(-1, 4)
     blocks = (tiles_r + 1) * (tiles_c + 1)
-    block = (row_block[:, None] * (tiles_c + 1) + col_block[None, :]) * BINS
-    base = torch.arange(n, device=bins.device)[:, None, None] * (blocks * BINS)
-    values = F.embedding(bins + (base + block), table)
-    row_w = torch.stack([1.0 - row_weight, row_weight], dim=1)
-    col_w = torch.stack([1.0 - col_weight, col_weight], dim=1)
-    weights = (col_w[None, :, None, :] * row_w[:, None, :, None]).reshape(height, width, 4)
-    if exact32:  # every product and partial sum is a multiple of 2^-10 below 2^14: exact
-        result = (values * weights.float()).sum(-1)
+    base = torch.arange(n, dtype=torch.int32, device=bins.device)[:, None, None] * (blocks * BINS)
+    values = F.embedding(bins + (base + grid.block), table)
+    if exact32:
+        # every product and partial sum is a multiple of 2^-10 below 2^14, so exact in any
+        # order: a matrix-vector product sums the four (twice as fast as .sum(-1) on a CPU)
+        result = values.mul_(weights) @ values.new_ones(4)
     else:  # float64 products rounded to float32, summed in skimage's order
         products = (values * weights).float()
         result = products[..., 0] + products[..., 1]
@@ -205,9 +245,12 @@ def _blocks(size: int, kernel: int, device: torch.device) -> tuple[torch.Tensor,
 
 
 def _rescale(image: torch.Tensor) -> torch.Tensor:
-    """``rescale_intensity`` of each image to ``[0, 1]`` in float32 (constant images clipped)."""
+    """``rescale_intensity`` of each image to ``[0, 1]`` in float32 (constant images clipped);
+    in place unless an image is constant."""
     low = image.amin(dim=(1, 2), keepdim=True)
     high = image.amax(dim=(1, 2), keepdim=True)
     span = high - low
+    if bool((span > 0).all()):
+        return image.sub_(low).div_(span)
     stretched = (image - low) / torch.where(span > 0, span, 1.0)
     return torch.where(span > 0, stretched, image.clamp(0.0, 1.0))
