@@ -226,15 +226,13 @@ def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, grid: _Grid) -> torc
     blocks = (tiles_r + 1) * (tiles_c + 1)
     base = torch.arange(n, dtype=torch.int32, device=bins.device)[:, None, None] * (blocks * BINS)
     values = F.embedding(bins + (base + grid.block), table)
-    if exact32:
-        # every product and partial sum is a multiple of 2^-10 below 2^14, so exact in any
-        # order: a matrix-vector product sums the four (twice as fast as .sum(-1) on a CPU)
-        result = values.mul_(weights) @ values.new_ones(4)
-    else:  # float64 products rounded to float32, summed in skimage's order
-        products = (values * weights).float()
-        result = products[..., 0] + products[..., 1]
-        result += products[..., 2]
-        result += products[..., 3]
+    # Exact float32 products (every product and partial sum a multiple of 2^-10 below
+    # 2^14), or float64 ones rounded to float32; either way summed in skimage's order.
+    # Three strided adds take a quarter of the time of .sum(-1) on a CPU.
+    products = values.mul_(weights) if exact32 else (values * weights).float()
+    result = products[..., 0] + products[..., 1]
+    result += products[..., 2]
+    result += products[..., 3]
     return result.trunc_()
 
 
