@@ -12,8 +12,10 @@ from napari_metseg.correction.trust import TrustRegion
 MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: Default learning rate per mode (AdamW). Fast: with the whole-case hold of the base
 #: candidates, 1e-3 sprouted specks that took 2.75 attempts per round (12 s on the sample
-#: case); 2.5e-4, where those attempts ended, takes 1.5-1.75 (4-5 s), with the same
-#: lesions found on the correction benchmark.
+#: case); 2.5e-4, where those attempts ended, took 1.5-2.33 with the same lesions found
+#: on the correction benchmark, and with the 128-channel bundled model and the trust
+#: region's two counts 1.0 (1.1-4.5 s per round on 2 CPU cores). Full: on the sample
+#: case even 2.5e-6 grew two base specks past 10 mm^3 (the trust region refuses).
 DEFAULT_LR = {"fast": 2.5e-4, "full": 2e-5}
 
 
