@@ -177,25 +177,25 @@ def _redistribute(hist: torch.Tensor, n_excess: torch.Tensor, limit: int) -> tor
     """skimage's remaining-excess loop: strided +1 passes, tile by tile, all tiles at once.
 
     Tiles run in lock-step over the start index; a tile leaves once its excess
-    is spent, or after a whole pass over the bins that spent nothing.
+    is spent (nearly all do at the first start: later steps work on the few
+    left), or after a whole pass over the bins that spent nothing.
     """
     positions = torch.arange(BINS, device=hist.device)
     active = torch.nonzero(n_excess > 0).flatten()
     while active.numel():
-        rows, left = hist[active], n_excess[active]
-        before = left.clone()
-        live = torch.ones_like(left, dtype=torch.bool)
+        before = n_excess[active]
+        live = active
         for start in range(BINS):
+            rows, left = hist[live], n_excess[live]
             under = rows < limit
             stride = torch.div(under.sum(1), left.clamp(min=1), rounding_mode="floor").clamp_(min=1)
             hit = under & (positions >= start) & ((positions - start) % stride[:, None] == 0)
-            hit &= live[:, None]
-            rows += hit
-            left -= hit.sum(1)
-            live &= left > 0
-            if not bool(live.any()):
+            left = left - hit.sum(1)
+            hist[live], n_excess[live] = rows + hit, left
+            live = live[left > 0]
+            if not live.numel():
                 break
-        hist[active], n_excess[active] = rows, left
+        left = n_excess[active]
         active = active[(left > 0) & (left != before)]
     return hist
 
