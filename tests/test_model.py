@@ -129,6 +129,24 @@ def test_model_file_loads_under_its_old_tensor_names(tmp_path) -> None:
         torch.testing.assert_close(loaded[name], tensor.to(loaded[name].dtype))
 
 
+@pytest.mark.parametrize("decoder", ["none", "plus"])
+def test_head_channels_set_the_width_of_the_head_and_travel_with_the_file(
+    tmp_path, decoder
+) -> None:
+    config = ModelConfig(backbone="light", decoder=decoder, head_channels=24, preprocess=SMALL)
+    model = build_model(config).eval()
+    widths = {m.out_channels for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)}
+    # plus: the stride-4 features reduced to 48, and the depthwise pass over both joined (72)
+    assert widths == {24, 2} | ({48, 72} if decoder == "plus" else set())
+    with torch.no_grad():
+        assert model(torch.rand(1, config.in_channels, 32, 32)).shape == (1, 2, 32, 32)
+    assert read_model_config(save_model(model, tmp_path / "model")).head_channels == 24
+    written_before = {k: v for k, v in config.to_dict().items() if k != "head_channels"}
+    assert ModelConfig.from_dict(written_before).head_channels == 256  # the method's width
+    with pytest.raises(ValueError, match="head_channels"):
+        ModelConfig(head_channels=0)
+
+
 def test_input_level_uses_torchvision_resnet50_with_20_channels() -> None:
     model = build_model(ModelConfig(backbone="resnet50"))
     assert model.backbone.conv1.in_channels == 20
