@@ -6,10 +6,12 @@ device busy: a loader thread reads case ``i + 1`` (file inflation and NumPy
 release the GIL) while the calling thread runs the network, the lesion table
 and the writing of case ``i``. On a GPU the loader pre-processes the case too
 (its kernels queue behind the network's); on a CPU the calling thread does,
-since there the two torch workloads share the same cores: 3 sample cases by
-`metseg segment` on 2 cores took 11.07-11.23 s so, 11.29-11.76 s with the
-pre-processing in the loader (three alternating runs each). Each case gets its own folder under ``out`` with
-the files of :func:`napari_metseg.pipeline.write_results`; a case whose
+since there the two torch workloads share the same cores: ``metseg segment``
+on 3 sample cases and 2 cores took 11.07-11.23 s that way and 11.29-11.76 s
+with the pre-processing in the loader (three alternating runs each).
+
+Each case gets its own folder under ``out`` with the files of
+:func:`napari_metseg.pipeline.write_results`; a case whose
 ``segmentation.json`` exists is done and skipped (resume after a crash or a
 cancel) unless ``overwrite``. A case that fails to read or segment is logged,
 recorded in the summary as failed, and the rest go on.
