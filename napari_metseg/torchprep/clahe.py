@@ -71,14 +71,14 @@ class _Grid:
 
     ``block``: per pixel, its padded block's first row in the table of four
     mappings (times ``BINS``); ``weights``: ``(H, W, 4)`` bilinear weights of
-    the four regions, float32 where that is exact (see :func:`_interpolate`).
+    the four regions, float32 where that is exact (see :func:`_interpolate`),
+    else float64.
     """
 
     kernel: tuple[int, int]
     tiles: tuple[int, int]
     block: torch.Tensor
     weights: torch.Tensor
-    exact32: bool
 
     @staticmethod
     def build(height: int, width: int, kernel: tuple[int, int], device: torch.device) -> _Grid:
@@ -91,10 +91,9 @@ class _Grid:
         weights = (col_w[None, :, None, :] * row_w[:, None, :, None]).reshape(height, width, 4)
         # float32 products are exact (so equal to skimage's float64 ones, rounded) when
         # the weights are dyadic with few bits: power-of-two regions of <= 2^10 pixels.
-        exact32 = all(k & (k - 1) == 0 for k in kernel) and kernel[0] * kernel[1] <= 2**10
-        if exact32:
+        if all(k & (k - 1) == 0 for k in kernel) and kernel[0] * kernel[1] <= 2**10:
             weights = weights.float()
-        return _Grid(kernel, (tiles_r, tiles_c), block, weights, exact32)
+        return _Grid(kernel, (tiles_r, tiles_c), block, weights)
 
 
 def _equalise(images: torch.Tensor, grid: _Grid, clip_limit: float) -> torch.Tensor:
@@ -208,10 +207,9 @@ def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, grid: _Grid) -> torc
     """
     n = bins.shape[0]
     tiles_r, tiles_c = grid.tiles
-    exact32, weights = grid.exact32, grid.weights
-    dtype = torch.float32 if exact32 else torch.float64
+    weights = grid.weights
     # maps padded by one region on every side, as skimage's edge-padded map array
-    padded = F.pad(mapping.to(dtype).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
+    padded = F.pad(mapping.to(weights.dtype).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
     padded = padded.permute(0, 2, 3, 1)  # (n, tiles_r + 2, tiles_c + 2, BINS)
     corners = torch.stack(
         [
@@ -229,7 +227,8 @@ def _interpolate(bins: torch.Tensor, mapping: torch.Tensor, grid: _Grid) -> torc
     # Exact float32 products (every product and partial sum a multiple of 2^-10 below
     # 2^14), or float64 ones rounded to float32; either way summed in skimage's order.
     # Three strided adds take a quarter of the time of .sum(-1) on a CPU.
-    products = values.mul_(weights) if exact32 else (values * weights).float()
+    exact = weights.dtype == torch.float32
+    products = values.mul_(weights) if exact else (values * weights).float()
     result = products[..., 0] + products[..., 1]
     result += products[..., 2]
     result += products[..., 3]
