@@ -1,23 +1,17 @@
-"""Workspace files written so that a crash never leaves half of one: atomic writes.
-
-Every file is written to a temporary file in the same folder, flushed to
-disk, then renamed over the target (a rename within a folder is atomic), so
-a reader finds the old file or the new one, never a torn one.
-"""
+"""Workspace files: JSON records and strokes written atomically (:mod:`napari_metseg.atomic`),
+and model digests."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_metseg.atomic import atomic_write
 from napari_metseg.errors import WorkspaceError
 
 
@@ -32,26 +26,17 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(target: Path, content: dict[str, Any]) -> None:
-    text = (json.dumps(content, indent=2) + "\n").encode()
-    atomic_write(target, lambda stream: stream.write(text))
+    text = json.dumps(content, indent=2) + "\n"
+    atomic_write(target, lambda temporary: Path(temporary).write_text(text))
 
 
 def write_corrections(target: Path, corrections: np.ndarray) -> None:
-    atomic_write(target, lambda stream: np.savez_compressed(stream, corrections=corrections))
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as stream:  # a path would gain NumPy's ".npz" suffix
+            np.savez_compressed(stream, corrections=corrections)
+
+    atomic_write(target, write)
 
 
 def read_corrections(path: Path) -> np.ndarray:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from isal import igzip
 
+from napari_metseg.atomic import atomic_write
 from napari_metseg.case import Geometry
 from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
@@ -117,14 +117,7 @@ def _save(
     if path.name.lower().endswith(".gz"):
         payload = igzip.compress(payload, GZIP_LEVEL, mtime=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    atomic_write(path, lambda temporary: Path(temporary).write_bytes(payload))
     logger.debug("wrote %s %s %s", description, source.shape, path)
     return path
 

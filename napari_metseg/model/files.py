@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from napari_metseg import __version__
+from napari_metseg.atomic import atomic_write
 from napari_metseg.errors import ModelFileError
 from napari_metseg.model.architecture import MetsegNet, build_model, current_state_names
 from napari_metseg.model.config import ModelConfig
@@ -71,11 +71,11 @@ def save_model(
     }
     if path.suffix == ".safetensors":
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(path, lambda temp: save_file(tensors, temp, metadata={"napari_metseg": text}))
+        atomic_write(path, lambda temp: save_file(tensors, temp, metadata={"napari_metseg": text}))
     else:
         path.mkdir(parents=True, exist_ok=True)
-        _atomic(path / WEIGHTS, lambda temp: save_file(tensors, temp))
-        _atomic(path / CONFIG, lambda temp: Path(temp).write_text(text + "\n"))
+        atomic_write(path / WEIGHTS, lambda temp: save_file(tensors, temp))
+        atomic_write(path / CONFIG, lambda temp: Path(temp).write_text(text + "\n"))
     return path
 
 
@@ -152,18 +152,6 @@ def load_model(
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-
-
-def _atomic(target: Path, write) -> None:
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _json_default(value: Any) -> Any:
