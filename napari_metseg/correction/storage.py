@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_metseg.atomic import atomic_write
+from napari_metseg.atomic import atomic_write, write_npz
 from napari_metseg.errors import WorkspaceError
 
 
@@ -32,11 +32,7 @@ def write_json(target: Path, content: dict[str, Any]) -> None:
 
 
 def write_corrections(target: Path, corrections: np.ndarray) -> None:
-    def write(temporary: str) -> None:
-        with open(temporary, "wb") as stream:  # a path would gain NumPy's ".npz" suffix
-            np.savez_compressed(stream, corrections=corrections)
-
-    atomic_write(target, write)
+    write_npz(target, compressed=True, corrections=corrections)
 
 
 def read_corrections(path: Path) -> np.ndarray:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from napari_metseg.atomic import write_npz
 from napari_metseg.case import Case, Geometry
 from napari_metseg.errors import ReadError
 from napari_metseg.preprocess import PreparedCase, PreprocessConfig, prepare_case, resize_slices
@@ -240,9 +241,8 @@ def _prepare(
     result = _Prepared(case.name, prepared, truth, case.geometry)
     if cache_file is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(
-            partial,
+        write_npz(
+            cache_file,
             name=np.array(result.name),
             volumes=prepared.volumes,
             present=prepared.present,
@@ -253,7 +253,6 @@ def _prepare(
             source_shape=np.array(case.geometry.source_shape),
             source_affine=case.geometry.source_affine,
         )
-        os.replace(partial, cache_file)
     return result
 
 
