@@ -36,6 +36,7 @@ bootstrap (beta 0.1), with class-weighted CE (beta 1), or ignored.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import time
@@ -123,7 +124,10 @@ def healthy_dab(corrections: np.ndarray, bench: Bench, rng: np.random.Generator)
 def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: str, args) -> dict:
     """One fine-tuning round from ``model``; the probability it returns and how it went."""
     config = FinetuneConfig(
-        mode=args.mode, device=args.device, iterations=args.iterations, **VARIANTS[variant]
+        mode=args.mode,
+        device=args.device,
+        iterations=args.iterations,
+        **{**VARIANTS[variant], **args.settings},
     )
     started = time.perf_counter()
     try:
@@ -259,16 +263,26 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--model", default=None, help="model file (default: the bundled one)")
     parser.add_argument("--mode", default="fast", choices=("fast", "full"))
-    parser.add_argument("--iterations", type=int, default=FinetuneConfig.iterations)
+    parser.add_argument("--iterations", type=int, default=None, help="default: the mode's")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="another FinetuneConfig value, e.g. --set lr=1e-3 (repeatable)",
+    )
     parser.add_argument("--spacing", type=float, default=1.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    args.settings = {
+        field: json.loads(value) for field, value in (item.split("=", 1) for item in args.set)
+    }
     torch.set_num_threads(args.threads)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
-        f"mode {args.mode}"
+        f"mode {args.mode}, settings {args.settings or 'default'}"
     )
     model = load_model(args.model)
     benches = [prepare_bench(seed, model, args) for seed in range(9000, 9000 + args.cases)]

@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--mode", default="auto", choices=MODES)
     parser.add_argument("--unmarked", default="teacher", choices=UNMARKED_MODES)
-    parser.add_argument("--iterations", type=int, default=FinetuneConfig.iterations)
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="optimizer steps (default: the mode's)"
+    )
     parser.add_argument("--beta", type=float, default=FinetuneConfig.beta)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--mapping", default=None, help="sequence mapping (JSON file or text)")
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> None:
     )
     print(
         f"{case.name}: fine-tuned ({result.mode}, {result.seconds:.1f} s, attempt "
-        f"{result.attempts}), corrected-voxel loss {result.corrected_loss_before:.4f} -> "
-        f"{result.corrected_loss_after:.4f}; {result.growth.describe()} -> {args.out}"
+        f"{result.attempts}), stroke loss {result.corrected_loss_before:.4f} -> "
+        f"{result.corrected_loss_after:.4f}; {result.strokes.summary()}; {result.growth.describe()}"
+        f" -> {args.out}"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from napari_metseg.correction.objective import UNMARKED_MODES
@@ -10,28 +10,37 @@ from napari_metseg.correction.trust import TrustRegion
 
 #: Fine-tuning modes; ``auto`` is ``full`` on CUDA and ``fast`` elsewhere.
 MODES: tuple[str, ...] = ("auto", "fast", "full")
-#: Default learning rate per mode (AdamW). Fast: with the whole-case hold of the base
-#: candidates, 1e-3 sprouted specks that took 2.75 attempts per round (12 s on the sample
-#: case); 2.5e-4, where those attempts ended, took 1.5-2.33 with the same lesions found
-#: on the correction benchmark, and with the 128-channel bundled model and the trust
-#: region's two counts 1.0 (1.1-4.5 s per round on 2 CPU cores). Full: on the sample
-#: case even 2.5e-6 grew two base specks past 10 mm^3 (the trust region refuses).
-DEFAULT_LR = {"fast": 2.5e-4, "full": 2e-5}
+#: What a round's ``lr``, ``iterations`` and ``hold_weight`` are when left at None, per mode.
+#: Fast (correction benchmark, 4 held-out phantoms, 2 CPU cores): with multiple-instance
+#: strokes and the risers held (``steps.CaseHold``), 100 AdamW steps at 3e-3 found 2 of 7
+#: dabbed 1-3 voxel lesions (tiny profile), 2 of 7 (large) and 5 of 15 after five rounds, in
+#: 4.4-9.2 s per round, with false positives >= 10 mm^3 within base + 1; the former 20 steps
+#: at 2.5e-4 found 0, 1 and 3 of them. A hold weight of 1000 there (full mode's) took 1.3-2.3
+#: attempts per round and found 1 of 7 and 3 of 15. Full: on the sample case even 2.5e-6 grew
+#: two base specks past 10 mm^3 (the trust region refuses).
+MODE_DEFAULTS: dict[str, dict[str, float]] = {
+    "fast": {"lr": 3e-3, "iterations": 100, "hold_weight": 20.0},
+    "full": {"lr": 2e-5, "iterations": 20, "hold_weight": 1000.0},
+}
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Settings of one fine-tuning round (the objective's terms are in ``objective``).
 
-    ``iterations`` AdamW steps of ``batch_size`` samples at ``lr`` (None:
-    :data:`DEFAULT_LR` of the mode); corrected slices are ``oversample``
+    ``iterations`` AdamW steps of ``batch_size`` samples at ``lr``
+    (``lr``, ``iterations`` and ``hold_weight`` None: :data:`MODE_DEFAULTS`
+    of the mode the round runs in, :meth:`for_mode`); corrected slices are ``oversample``
     times as likely as the neighbouring ones (``neighbours`` per side);
     ``random_slices`` other slices join every step (fast mode: drawn afresh
     from the whole case; full mode: fixed samples). ``lesion_margin``: pixels
     of the network grid around lesion strokes left out of the anchor.
+    ``risers``: cells of the whole case held where the network lifts them most,
+    re-mined every ``mine_every`` steps, at ``riser_weight`` (fast mode).
     ``trust`` bounds what may change away from the strokes; ``backoffs``
-    retries, each with half the step size, before a round is refused. ``dropout_rate``: sequence dropout probability;
-    ``dropout_draws``: presence draws per sample (the first is the case's own).
+    retries, each with half the step size, before a round is refused.
+    ``dropout_rate``: sequence dropout probability; ``dropout_draws``:
+    presence draws per sample (the first is the case's own).
     """
 
     mode: str = "auto"
@@ -43,9 +52,12 @@ class FinetuneConfig:
     stroke_target: float = 0.9
     lesion_margin: int = 3
     anchor_weight: float = 1.0
-    hold_weight: float = 1000.0
+    hold_weight: float | None = None
     hold_gap: float = 2.0
-    iterations: int = 20
+    risers: int = 2000
+    mine_every: int = 20
+    riser_weight: float = 10.0
+    iterations: int | None = None
     batch_size: int = 2
     lr: float | None = None
     weight_decay: float = 0.0
@@ -66,8 +78,8 @@ class FinetuneConfig:
             raise ValueError(
                 f"unmarked must be one of {list(UNMARKED_MODES)}, got {self.unmarked!r}"
             )
-        for name in ("iterations", "batch_size", "dropout_draws"):
-            if getattr(self, name) < 1:
+        for name in ("iterations", "batch_size", "dropout_draws", "mine_every"):
+            if (getattr(self, name) or 1) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
@@ -81,10 +93,22 @@ class FinetuneConfig:
                 "stroke_target must lie in (0, 1) and lesion_margin be >= 0, got "
                 f"{self.stroke_target}, {self.lesion_margin}"
             )
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if (self.lr or 1) <= 0 or (self.hold_weight or 0) < 0:
+            raise ValueError(
+                f"lr must be > 0 and hold_weight >= 0, got {self.lr}, {self.hold_weight}"
+            )
         if self.backoffs < 0:
             raise ValueError(f"backoffs must be >= 0, got {self.backoffs}")
+
+    def for_mode(self, mode: str) -> FinetuneConfig:
+        """This config with ``mode`` (fast or full) and its :data:`MODE_DEFAULTS` where left None."""
+        unset = {
+            name: value
+            for name, value in MODE_DEFAULTS[mode].items()
+            if getattr(self, name) is None
+        }
+        unset["iterations"] = int(unset.get("iterations", self.iterations))
+        return replace(self, mode=mode, **unset)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

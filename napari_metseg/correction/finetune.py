@@ -53,7 +53,8 @@ import torch
 
 from napari_metseg.case import Case
 from napari_metseg.correction.cache import CaseContext
-from napari_metseg.correction.config import DEFAULT_LR, FinetuneConfig
+from napari_metseg.correction.config import FinetuneConfig
+from napari_metseg.correction.outcome import StrokeOutcome, stroke_outcome
 from napari_metseg.correction.samples import (
     LESION,
     NOT_LESION,
@@ -78,10 +79,12 @@ class FinetuneResult:
     """A fine-tuned model, its prediction of the case and how the round went.
 
     ``probability``: float32 on the case grid, with the sequences the round
-    saw. ``corrected_loss_before`` / ``_after``: class-weighted CE on the
-    marked voxels (case's own sequences) before and after training.
+    saw. ``corrected_loss_before`` / ``_after``: the objective's strokes term
+    (case's own sequences) before and after training, 0 when all are answered.
     ``losses``: the training loss of every step of the accepted attempt.
-    ``growth``: the trust-region reading; ``attempts``: tries it took.
+    ``growth``: the trust-region reading; ``attempts``: tries it took;
+    ``strokes``: which painted lesions the new prediction finds and which
+    marked false ones it drops.
     ``cache``: fast mode's frozen-part cache of the case, for the next round.
     """
 
@@ -94,6 +97,7 @@ class FinetuneResult:
     corrected_loss_before: float
     corrected_loss_after: float
     growth: Growth
+    strokes: StrokeOutcome
     attempts: int
     n_samples: int
     n_lesion_voxels: int
@@ -112,6 +116,7 @@ class FinetuneResult:
             "corrected_loss_after": self.corrected_loss_after,
             "final_loss": self.losses[-1] if self.losses else None,
             "away_from_strokes": asdict(self.growth),
+            "strokes": asdict(self.strokes),
             "n_samples": self.n_samples,
             "n_lesion_voxels": self.n_lesion_voxels,
             "n_not_lesion_voxels": self.n_not_lesion_voxels,
@@ -168,6 +173,7 @@ def finetune(
     started = time.perf_counter()
     device = resolve_device(config.device)
     mode = round_mode(config.mode, device)
+    config = config.for_mode(mode)
     corrections = check_corrections(corrections, case.shape)
     if prepared is None:
         flags = presence_flags(model.config.sequences, present)
@@ -200,12 +206,11 @@ def finetune(
     timings = {"prepare": time.perf_counter() - started}
     batches = make_batches(base, prepared, samples, config, mode, device, cache)
     scored = np.flatnonzero(samples.corrected)
-    before = corrected_loss(batches, base, scored, config.alpha)
+    before = corrected_loss(batches, base, scored, config)
     timings["cache"] = time.perf_counter() - started - timings["prepare"]
     away = away_from_strokes(corrections, case.geometry, config.trust.margin_mm)
-    base_lr = config.lr or DEFAULT_LR[mode]
     for attempt in range(config.backoffs + 1):
-        lr = base_lr / 2**attempt
+        lr = config.lr / 2**attempt
         network = copy.deepcopy(model).to(device).eval()
         losses = train_steps(network, batches, config, lr, config.iterations, rng, progress, cancel)
         probability = _predict(network, cache, prepared, device, progress, cancel)
@@ -225,12 +230,13 @@ def finetune(
             "missed lesion, or mark nearby false ones as 'not lesion', and try again"
         )
     timings["train_and_check"] = time.perf_counter() - started - sum(timings.values())
-    after = corrected_loss(batches, network, scored, config.alpha)
+    after = corrected_loss(batches, network, scored, config)
     network.metadata = dict(model.metadata)
     seconds = time.perf_counter() - started
+    strokes = stroke_outcome(corrections, probability, config.trust.threshold)
     logger.info(
         "fine-tuned (%s, %d samples, attempt %d, lr %.1e) in %.1f s: corrected-voxel loss "
-        "%.4f -> %.4f; %s",
+        "%.4f -> %.4f; %s; %s",
         mode,
         len(samples.slices),
         attempt + 1,
@@ -239,6 +245,7 @@ def finetune(
         before,
         after,
         growth.describe(),
+        strokes.summary(),
     )
     return FinetuneResult(
         model=network.eval(),
@@ -250,6 +257,7 @@ def finetune(
         corrected_loss_before=before,
         corrected_loss_after=after,
         growth=growth,
+        strokes=strokes,
         attempts=attempt + 1,
         n_samples=len(samples.slices),
         n_lesion_voxels=int(np.count_nonzero(corrections == LESION)),

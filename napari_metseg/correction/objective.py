@@ -5,16 +5,23 @@ and leaves the rest of the case unmarked. The loss of a batch is
 ``stroke_share * strokes + (1 - stroke_share) * unmarked`` (only the unmarked
 term when the batch holds no mark), each term a mean over its own voxels:
 
-- **Strokes** are trusted: class-weighted cross-entropy (``alpha`` on lesion
-  marks), the mean over the marked voxels, so 9 painted voxels carry
-  ``stroke_share`` of the loss exactly as 10,000 would: the strokes dominate
-  where they are, and cannot outweigh the rest of the case by their count
-  (the first half of the runaway of issue #13 was 9 voxels weighing more
-  than a slice). A lesion mark stops pulling once it holds its class at
-  ``stroke_target`` (0.9): a painted lesion needs to pass the 0.10 candidate
-  threshold, not to reach certainty, and the pull beyond it is what spreads.
-  A 'not lesion' mark stops as far under the threshold (at 0.01 for 0.10: at
-  0.9 of its class it would sit on the threshold and stay a candidate).
+- **Strokes** are trusted. A lesion stroke (a patch of lesion marks on one
+  slice) says that a lesion lies under it, not that every voxel under it is
+  lesion: a 3x3 dab on a 1-voxel lesion is 8 voxels of healthy tissue. So
+  it costs the cross-entropy of its most lesion-like voxel (multiple-instance
+  learning), and the rest of the patch is left free; asking for all nine
+  taught a round that healthy tissue looks like lesion. A 'not lesion' mark
+  costs the cross-entropy of every voxel (a false positive must go
+  entirely). The lesion strokes' mean weighs ``alpha`` times the 'not lesion'
+  marks' mean, so a few painted voxels carry ``stroke_share`` of the loss
+  exactly as 10,000 would: the strokes dominate where they are, and cannot
+  outweigh the rest of the case by their count (the first half of the
+  runaway of issue #13 was 9 voxels weighing more than a slice). A lesion
+  stroke stops pulling once its voxel holds the class at ``stroke_target``
+  (0.9): a painted lesion needs to pass the 0.10 candidate threshold, not to
+  reach certainty, and the pull beyond it is what spreads. A 'not lesion'
+  mark stops as far under the threshold (at 0.01 for 0.10: at 0.9 of its
+  class it would sit on the threshold and stay a candidate).
 - **Voxels near a lesion stroke** (``lesion_margin`` pixels, a square) are
   left out of the unmarked term: the painted lesion extends beyond the few
   voxels painted in it, and the teacher, which missed it, would hold it back.
@@ -72,7 +79,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
 from napari_metseg.correction.samples import LESION, UNMARKED
@@ -81,6 +90,8 @@ from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
 #: How unmarked voxels count: anchored to the frozen teacher, or not at all.
 UNMARKED_MODES: tuple[str, ...] = ("teacher", "ignore")
+#: Strokes are patches of one slice: 8-connected in plane, never across slices or samples.
+_IN_PLANE = np.array([np.zeros((3, 3)), np.ones((3, 3)), np.zeros((3, 3))], dtype=bool)
 
 
 def lesion_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -123,6 +134,41 @@ def candidate_hold(
     )
 
 
+def stroke_loss(
+    margin: torch.Tensor,
+    marks: torch.Tensor,
+    alpha: float,
+    target: float,
+    threshold: float = CANDIDATE_THRESHOLD,
+) -> torch.Tensor:
+    """The strokes' term (module docstring): scalar, 0 without marks.
+
+    ``margin``: lesion logit ``(B, H, W)``. A lesion stroke (an 8-connected
+    patch of lesion marks on one slice) costs the cross-entropy of its most
+    lesion-like voxel, a 'not lesion' mark that of every voxel; each term
+    stops at ``target`` (a 'not lesion' mark as far under ``threshold``), and
+    the lesion strokes' mean weighs ``alpha`` times the 'not lesion' marks' mean.
+    """
+    lesion = marks == LESION
+    not_lesion = ~lesion & (marks != UNMARKED)
+    terms, weights = [], []
+    if bool(lesion.any()):
+        ids, count = ndimage.label(lesion.cpu().numpy(), structure=_IN_PLANE)
+        ids = torch.from_numpy(ids).to(margin.device).flatten()
+        on = ids > 0
+        best = torch.full((count + 1,), -math.inf, device=margin.device, dtype=margin.dtype)
+        best = best.scatter_reduce(0, ids[on], margin.flatten()[on], "amax")[1:]
+        terms.append((F.softplus(-best) + math.log(target)).clamp_min(0.0).mean())
+        weights.append(alpha)
+    if bool(not_lesion.any()):
+        floor = -math.log(1.0 - threshold * (1.0 - target))
+        terms.append((F.softplus(margin[not_lesion]) - floor).clamp_min(0.0).mean())
+        weights.append(1.0)
+    if not terms:
+        return margin.sum() * 0.0
+    return sum(w * t for w, t in zip(weights, terms, strict=True)) / sum(weights)
+
+
 def correction_loss(
     logits: torch.Tensor,
     marks: torch.Tensor,
@@ -161,24 +207,14 @@ def correction_loss(
         raise ValueError(f"stroke_target must lie in (0, 1), got {stroke_target}")
     marked = marks != UNMARKED
     lesion = (marks == LESION).long()
-    ce = F.cross_entropy(logits.float(), lesion, reduction="none")
-    # no pull once a lesion mark is at stroke_target, a 'not lesion' mark as far under the threshold
-    satisfied = torch.where(
-        lesion == 1,
-        -math.log(stroke_target),
-        -math.log(1.0 - threshold * (1.0 - stroke_target)),
-    )
-    class_weight = torch.where(lesion == 1, alpha, 1.0) * marked
-    strokes = (class_weight * (ce - satisfied).clamp_min(0.0)).sum() / class_weight.sum().clamp_min(
-        1e-12
-    )
+    margin = lesion_logit(logits)
+    strokes = stroke_loss(margin, marks, alpha, stroke_target, threshold)
     if unmarked == "ignore":
         return strokes
     teacher = teacher.detach().float()
     anchored = ~marked if free is None else ~marked & ~free
     anchor = torch.sigmoid(teacher)
     target = torch.where(marked, lesion, (anchor >= keep_threshold).long())
-    margin = lesion_logit(logits)
     held = (
         lopsided_bootstrap(
             logits, target, alpha, beta, ignore=~anchored, anchor=anchor, reduction="none"

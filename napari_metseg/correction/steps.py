@@ -38,29 +38,41 @@ from napari_metseg.correction.objective import (
     correction_loss,
     lesion_logit,
     near_lesion_strokes,
+    stroke_loss,
 )
 from napari_metseg.correction.samples import LESION, UNMARKED, CorrectionSamples
-from napari_metseg.losses import weighted_ce
 from napari_metseg.model import MetsegNet, apply_presence, sequence_dropout
 from napari_metseg.model.heads import Features
 from napari_metseg.preprocess import PreparedCase, stack_25d
 from napari_metseg.progress import ProgressCallback, check_cancel
 
 
-@dataclass(frozen=True)
-class KeptCells:
-    """The base model's candidates over a whole case, as the decoder's input cells.
+@dataclass
+class CaseHold:
+    """What a fast round holds over the whole case, as the decoder's input cells.
 
-    ``context``: the cached context of every cell (at the context's own
-    resolution) under a voxel the base model puts at or above the candidate
-    threshold, away from the marks, gathered to ``(N, ..., C, 1, 1)``;
-    ``teacher``: the base model's lesion logit of each cell. Holding these
-    (:meth:`MetsegNet.decode_cells`, :func:`candidate_hold`) costs a few
-    hundred cells per step instead of the whole case's 400,000.
+    Two sets of cells away from the marks (farther than ``margin`` network
+    pixels, in plane, on a marked slice or its neighbours), gathered to
+    ``(N, ..., C, 1, 1)`` with the base model's lesion logit of each:
+
+    - ``kept``: every cell under a voxel the base model puts at or above the
+      candidate threshold, so no base candidate fades on the slices a step
+      does not sample;
+    - ``risers``: the cells of the case below it that the network being
+      trained has lifted most towards it, re-mined from the whole case by
+      :meth:`mine` every few steps: where a new speck would appear next.
+
+    Holding these (:meth:`MetsegNet.decode_cells`, :func:`candidate_hold`)
+    costs a few thousand cells per step instead of the whole case's 400,000.
     """
 
-    context: Features
-    teacher: torch.Tensor
+    pool: CaseContext
+    away: torch.Tensor
+    cells_teacher: torch.Tensor
+    kept: Features
+    kept_teacher: torch.Tensor
+    risers: Features | None = None
+    risers_teacher: torch.Tensor | None = None
 
     @classmethod
     def find(
@@ -70,33 +82,75 @@ class KeptCells:
         samples: CorrectionSamples,
         margin: int,
         threshold: float,
-    ) -> KeptCells:
-        """The cells of ``pool``'s candidates farther than ``margin`` network pixels (in
-        plane, on a marked slice or its neighbours) from every mark of ``samples``."""
+    ) -> CaseHold:
+        """The cells of ``pool`` away from the marks of ``samples``, and its base candidates'."""
         cut = math.log(threshold / (1.0 - threshold))
-        kept = pool.teacher >= cut
+        away = torch.ones_like(pool.teacher, dtype=torch.bool)
         for marks, centre in zip(
             samples.marks[samples.corrected], samples.slices[samples.corrected], strict=True
         ):
             near = torch.from_numpy(marks != UNMARKED).float()[None, None]
             near = F.max_pool2d(near, 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0
             rows = np.flatnonzero(np.abs(pool.slices - centre) <= 1)
-            kept[rows] &= ~near.to(kept.device)
-        cells = pool.context.out.shape[-2:]
-        factor = kept.shape[-1] // cells[-1]
-        kept = F.max_pool2d(kept.float()[:, None], factor)[:, 0] > 0
-        row, r, c = kept.nonzero(as_tuple=True)
-        gathered = Features(pool.context.out[row, ..., r, c][..., None, None], None, (1, 1))
+            away[rows] &= ~near.to(away.device)
+        factor = away.shape[-1] // pool.context.out.shape[-1]
+        kept = F.max_pool2d((away & (pool.teacher >= cut)).float()[:, None], factor)[:, 0] > 0
+        away = -F.max_pool2d(-away.float()[:, None], factor)[:, 0] > 0  # every voxel away
+        gathered = _gather(pool.context, kept)
         with torch.no_grad():
-            teacher = lesion_logit(base.decode_cells(gathered))[:, 0, 0]
-        return cls(gathered, teacher)
+            cells_teacher = _cell_logits(base, pool.context)
+            kept_teacher = lesion_logit(base.decode_cells(gathered))[:, 0, 0]
+        return cls(pool, away & ~kept, cells_teacher, gathered, kept_teacher)
+
+    def mine(self, network: MetsegNet, count: int, threshold: float, gap: float) -> None:
+        """Replace the risers by the ``count`` cells ``network`` lifts most over the room
+        :func:`candidate_hold` leaves them (the cells most likely to become a new speck)."""
+        with torch.no_grad():
+            excess = candidate_hold(
+                _cell_logits(network, self.pool.context), self.cells_teacher, threshold, gap
+            )
+        excess = torch.where(self.away, excess, torch.full_like(excess, -1.0)).flatten()
+        top = excess.topk(min(count, excess.numel())).indices
+        chosen = torch.zeros_like(excess, dtype=torch.bool)
+        chosen[top] = True
+        chosen = chosen.view_as(self.away)
+        self.risers = _gather(self.pool.context, chosen)
+        self.risers_teacher = self.cells_teacher[chosen]
 
     def hold(self, network: MetsegNet, threshold: float, gap: float) -> torch.Tensor:
-        """Mean :func:`candidate_hold` of ``network`` over the cells (0 without any)."""
-        if not self.teacher.numel():
-            return self.teacher.sum()
-        margin = lesion_logit(network.decode_cells(self.context))[:, 0, 0]
-        return candidate_hold(margin, self.teacher, threshold, gap).mean()
+        """Mean :func:`candidate_hold` of ``network`` over the kept cells (0 without any)."""
+        return _held(network, self.kept, self.kept_teacher, threshold, gap)
+
+    def hold_risers(self, network: MetsegNet, threshold: float, gap: float) -> torch.Tensor:
+        """Mean :func:`candidate_hold` over the risers (0 before :meth:`mine`)."""
+        if self.risers is None:
+            return self.kept_teacher.sum() * 0.0
+        return _held(network, self.risers, self.risers_teacher, threshold, gap)
+
+
+def _cell_logits(network: MetsegNet, context: Features) -> torch.Tensor:
+    """``network``'s lesion logit of every cell of ``context``, ``(N, h, w)``."""
+    return torch.cat(
+        [
+            lesion_logit(network.decode_cells(context[start : start + CHUNK]))
+            for start in range(0, context.out.shape[0], CHUNK)
+        ]
+    )
+
+
+def _gather(context: Features, cells: torch.Tensor) -> Features:
+    """The cells of ``context`` where ``cells`` ``(N, h, w)`` is set, as ``(n, ..., C, 1, 1)``."""
+    row, r, c = cells.nonzero(as_tuple=True)
+    return Features(context.out[row, ..., r, c][..., None, None], None, (1, 1))
+
+
+def _held(
+    network: MetsegNet, cells: Features, teacher: torch.Tensor, threshold: float, gap: float
+) -> torch.Tensor:
+    if not teacher.numel():
+        return teacher.sum()
+    margin = lesion_logit(network.decode_cells(cells))[:, 0, 0]
+    return candidate_hold(margin, teacher, threshold, gap).mean()
 
 
 @dataclass
@@ -126,7 +180,7 @@ class Batches:
     pool_slices: np.ndarray
     mode: str
     device: torch.device
-    kept: KeptCells | None = None
+    case_hold: CaseHold | None = None
     held_slices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def hold_slices(self, slices: np.ndarray) -> None:
@@ -147,6 +201,9 @@ class Batches:
         """Logits, marks, teacher and free voxels of ``(draw, sample)`` pairs plus ``extra``
         rows of the case cache (unmarked)."""
         marks, free, teacher = self.marks[picks], self.free[picks], self.teacher[draws, picks]
+        dropped = torch.from_numpy(draws > 0).to(marks.device)[:, None, None]
+        free = free | (dropped & (marks == LESION))
+        marks = torch.where(dropped & (marks == LESION), torch.zeros_like(marks), marks)
         if self.context is None:
             return network(self.inputs[draws, picks].to(self.device)), marks, teacher, free
         logits = network.decode(self.context[draws, picks])
@@ -208,13 +265,13 @@ def make_batches(
     marks = torch.from_numpy(samples.marks).to(device)
     free = near_lesion_strokes(marks, config.lesion_margin)
     pool_slices = np.zeros(0, dtype=np.int64)
-    kept = None
+    case_hold = None
     if pool is not None:
         corrected = samples.slices[samples.corrected]
         pool_slices = np.flatnonzero(~np.isin(pool.slices, corrected))
-        kept = KeptCells.find(base, pool, samples, config.lesion_margin, config.trust.threshold)
+        case_hold = CaseHold.find(base, pool, samples, config.lesion_margin, config.trust.threshold)
     return Batches(
-        samples, marks, free, teacher, inputs, context, pool, pool_slices, mode, device, kept
+        samples, marks, free, teacher, inputs, context, pool, pool_slices, mode, device, case_hold
     )
 
 
@@ -264,9 +321,17 @@ def train_steps(
             hold_gap=config.hold_gap,
             threshold=config.trust.threshold,
         )
-        if batches.kept is not None and config.unmarked != "ignore":
-            hold = batches.kept.hold(network, config.trust.threshold, config.hold_gap)
-            loss = loss + (1.0 - config.stroke_share) * config.hold_weight * hold
+        case_hold = batches.case_hold
+        if case_hold is not None and config.unmarked != "ignore":
+            if config.risers and step % config.mine_every == 0:
+                case_hold.mine(network, config.risers, config.trust.threshold, config.hold_gap)
+            held = case_hold.hold(network, config.trust.threshold, config.hold_gap)
+            risen = case_hold.hold_risers(network, config.trust.threshold, config.hold_gap)
+            loss = (
+                loss
+                + (1.0 - config.stroke_share) * config.hold_weight * held
+                + config.riser_weight * risen
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -277,8 +342,11 @@ def train_steps(
     return losses
 
 
-def corrected_loss(batches: Batches, network: MetsegNet, picks: np.ndarray, alpha: float) -> float:
-    """Class-weighted CE of ``network`` on the marked voxels of the corrected samples."""
+def corrected_loss(
+    batches: Batches, network: MetsegNet, picks: np.ndarray, config: FinetuneConfig
+) -> float:
+    """The strokes' term (:func:`stroke_loss`) of ``network`` on the corrected samples, with
+    the case's own sequences: 0 once every stroke is answered."""
     none = np.zeros(0, dtype=np.int64)
     with torch.no_grad():
         logits = torch.cat(
@@ -287,5 +355,12 @@ def corrected_loss(batches: Batches, network: MetsegNet, picks: np.ndarray, alph
                 for chunk in np.array_split(picks, max(1, -(-picks.size // CHUNK)))
             ]
         )
-    marks = batches.marks[picks]
-    return float(weighted_ce(logits, (marks == LESION).long(), alpha, ignore=marks == 0))
+    return float(
+        stroke_loss(
+            lesion_logit(logits),
+            batches.marks[picks],
+            config.alpha,
+            config.stroke_target,
+            config.trust.threshold,
+        )
+    )

@@ -211,7 +211,7 @@ class CorrectionLoop(QObject):
         worker = state.start(
             self.panel.owner,
             "fine-tuning",
-            f"fine-tuning {self.workspace.current} ({config.mode}, {config.iterations} steps)",
+            f"fine-tuning {self.workspace.current} ({config.mode} mode)",
             lambda round_: self._show_round(round_, before),
             finetune_round,
             self.workspace,
@@ -298,15 +298,17 @@ class CorrectionLoop(QObject):
 
     def _show_round(self, round_: Round, before: np.ndarray | None) -> None:
         result = round_.result
-        self._show_version(round_.version, round_.probability, before)
+        self._show_version(round_.version, round_.probability, before, result.strokes.summary())
         loss = (
-            f"corrected-voxel loss {result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
+            f"stroke loss {result.corrected_loss_before:.3f} \N{RIGHTWARDS ARROW} "
             f"{result.corrected_loss_after:.3f}"
         )
         self.panel.status_label.setText(f"{round_.version}: {result.mode}, {result.seconds:.1f} s")
         self.panel.status_label.setToolTip(loss)
 
-    def _show_version(self, version: str, probability: np.ndarray, before: np.ndarray | None):
+    def _show_version(
+        self, version: str, probability: np.ndarray, before: np.ndarray | None, note: str = ""
+    ):
         state = self.state
         self.changes = None
         path = None if version == BASE else self.workspace.model_path(version)
@@ -317,7 +319,7 @@ class CorrectionLoop(QObject):
         if before is None or after is None or before.shape != after.shape:
             return
         self.changes = compare_lesions(before, after)
-        message = f"model {version}: {self.changes.summary()}"
+        message = "; ".join(filter(None, [f"model {version}: {self.changes.summary()}", note]))
         self.panel.changes_label.setText(message)
         self.panel.status_label.setText(f"model {version}")
         if CHANGES_LAYER in self.viewer.layers:

@@ -73,9 +73,12 @@ class CorrectionPanel(RunControls, QGroupBox):
         self.mode_combo.addItem("fast (decoder tail only, CPU friendly)", "fast")
         self.mode_combo.addItem("full (all weights, for a GPU)", "full")
         self.iterations = QSpinBox()
-        self.iterations.setRange(1, 100_000)
-        self.iterations.setValue(FinetuneConfig.iterations)
-        self.iterations.setToolTip("optimizer steps of one fine-tuning round")
+        self.iterations.setRange(0, 100_000)
+        self.iterations.setSpecialValueText("mode's default")
+        self.iterations.setValue(0)
+        self.iterations.setToolTip(
+            "optimizer steps of one fine-tuning round (fast mode: 100, full mode: 20)"
+        )
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -143,7 +146,9 @@ class CorrectionPanel(RunControls, QGroupBox):
     def config(self, device: str) -> FinetuneConfig:
         """The settings of the next round, on ``device`` (the segment panel's choice)."""
         return FinetuneConfig(
-            mode=self.mode_combo.currentData(), iterations=self.iterations.value(), device=device
+            mode=self.mode_combo.currentData(),
+            iterations=self.iterations.value() or None,
+            device=device,
         )
 
     def show_root(self, root: Path) -> None:

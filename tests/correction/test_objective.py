@@ -95,6 +95,21 @@ def test_strokes_carry_their_share_of_the_loss_whatever_their_count() -> None:
     assert float(satisfied) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_lesion_stroke_asks_for_one_lesion_voxel_under_it() -> None:
+    """A 3x3 dab on a 1-voxel lesion is 8 voxels of healthy tissue: only its most
+    lesion-like voxel is pulled, and each dab of a slice is its own patch."""
+    probability = torch.full((1, 12, 12), 0.01)
+    probability[0, 2, 2] = 0.95  # the first dab already holds a lesion voxel
+    probability[0, 8, 9] = 0.3  # the second dab's best voxel
+    marks = torch.zeros(1, 12, 12, dtype=torch.uint8)
+    marks[0, 1:4, 1:4] = LESION
+    marks[0, 7:10, 7:10] = LESION
+    logits = logits_of(probability).requires_grad_(True)
+    correction_loss(logits, marks, torch.zeros(1, 12, 12), stroke_share=1.0).backward()
+    moved = (logits.grad.abs().sum(dim=1)[0] > 0).nonzero().tolist()
+    assert moved == [[8, 9]]
+
+
 @pytest.mark.parametrize(("p_lesion", "pulled"), [(0.1, True), (0.02, True), (0.005, False)])
 def test_a_not_lesion_mark_pulls_until_well_under_the_threshold(p_lesion, pulled) -> None:
     """At 0.9 'not lesion' a mark would sit on the 0.10 threshold, still a candidate."""

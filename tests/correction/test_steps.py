@@ -1,8 +1,9 @@
-"""Fast mode holds every base candidate of the case, not only those on the sampled slices."""
+"""Fast mode holds the whole case: every base candidate, and the cells a round lifts most."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.correction.cache import CaseContext
 from napari_metseg.correction.samples import LESION, empty_corrections, select_samples
-from napari_metseg.correction.steps import KeptCells
+from napari_metseg.correction.steps import CaseHold
 from napari_metseg.model import load_model
 from napari_metseg.preprocess import prepare_case
 
@@ -31,12 +32,13 @@ def cached(tiny_model_path):
     return model, cache, threshold
 
 
-def _kept(cached, marked_slice: np.ndarray) -> KeptCells:
-    model, cache, threshold = cached
+def _hold(cached, marked_slice: np.ndarray, threshold: float | None = None) -> CaseHold:
+    model, cache, half = cached
+    threshold = half if threshold is None else threshold
     corrections = empty_corrections((5, 32, 32))
     corrections[marked_slice] = LESION
     samples = select_samples(corrections, 32, None, neighbours=0, random_slices=0)
-    return KeptCells.find(model, cache, samples, margin=1, threshold=threshold)
+    return CaseHold.find(model, cache, samples, margin=1, threshold=threshold)
 
 
 def test_the_cells_near_the_marks_are_left_to_the_strokes(cached) -> None:
@@ -44,15 +46,33 @@ def test_the_cells_near_the_marks_are_left_to_the_strokes(cached) -> None:
     one_voxel[0, 0, 0] = True
     whole_slice = np.zeros((5, 32, 32), dtype=bool)
     whole_slice[2] = True  # leaves slices 0 and 4 (1-3 are the marked one and its neighbours)
-    everywhere, away = _kept(cached, one_voxel), _kept(cached, whole_slice)
-    assert everywhere.teacher.numel() > away.teacher.numel() > 0
+    everywhere, away = _hold(cached, one_voxel), _hold(cached, whole_slice)
+    assert everywhere.kept_teacher.numel() > away.kept_teacher.numel() > 0
 
 
 def test_the_hold_charges_only_a_decoder_that_drops_the_candidates(cached) -> None:
     model, _, threshold = cached
-    kept = _kept(cached, np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32))
+    kept = _hold(cached, np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32))
     lowered = copy.deepcopy(model)
     with torch.no_grad():
         lowered.decoder_parameters()[-1][1] -= 5.0  # the classifier's lesion bias
     assert kept.hold(model, threshold, gap=0.0) == 0.0
     assert kept.hold(lowered, threshold, gap=0.0) > 1.0
+
+
+def test_the_risers_are_the_cells_a_network_lifts_most_towards_the_threshold(cached) -> None:
+    model, cache, _ = cached
+    threshold = float(torch.sigmoid(cache.teacher.max() + 0.5))  # no base candidate
+    hold = _hold(cached, np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32), threshold)
+    assert hold.hold_risers(model, threshold, gap=0.0) == 0.0  # nothing mined yet
+    lifted = copy.deepcopy(model)
+    with torch.no_grad():
+        lifted.decoder_parameters()[-1][1] += 5.0  # every cell rises by 5 logits
+    hold.mine(lifted, 10, threshold, gap=0.0)
+    assert hold.risers_teacher.numel() == 10 and hold.away.sum() > 10
+    cut = math.log(threshold / (1 - threshold))
+    below = hold.cells_teacher[hold.away & (hold.cells_teacher < cut)]
+    # the ten chosen are the highest of the cells below the threshold (a uniform rise)
+    torch.testing.assert_close(hold.risers_teacher.sort().values, below.sort().values[-10:])
+    assert hold.hold_risers(lifted, threshold, gap=0.0) > 0.0
+    assert hold.hold_risers(model, threshold, gap=0.0) == 0.0

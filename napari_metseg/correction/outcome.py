@@ -1,0 +1,58 @@
+"""What a round did with each stroke: the answer an annotator looks for after Fine-tune.
+
+The change report counts lesions that appeared or disappeared anywhere; the
+annotator also needs to know whether the lesions they painted are now found
+and the false ones they marked are gone. A round can pass its trust region
+and still leave a painted lesion under the candidate threshold (fast mode
+trains only the decoder's last layers, and a 1-voxel lesion can look like
+thousands of other spots to them), so that is said, not left to be noticed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_metseg.correction.samples import LESION, NOT_LESION
+from napari_metseg.lesions import label_components
+from napari_metseg.thresholds import CANDIDATE_THRESHOLD
+
+
+@dataclass(frozen=True)
+class StrokeOutcome:
+    """Painted lesions (3D patches of lesion marks) a candidate now touches, and 'not
+    lesion' patches with no voxel left at or above the candidate threshold."""
+
+    painted: int
+    found: int
+    rejected: int
+    cleared: int
+
+    def summary(self) -> str:
+        """``"painted lesions found: 1 of 2; marked false ones gone: 1 of 1"``."""
+        parts = []
+        if self.painted:
+            parts.append(f"painted lesions found: {self.found} of {self.painted}")
+        if self.rejected:
+            parts.append(f"marked false ones gone: {self.cleared} of {self.rejected}")
+        return "; ".join(parts)
+
+
+def stroke_outcome(
+    corrections: np.ndarray, probability: np.ndarray, threshold: float = CANDIDATE_THRESHOLD
+) -> StrokeOutcome:
+    """How ``probability`` (case grid) answers the strokes of ``corrections`` (same grid)."""
+    if corrections.shape != probability.shape:
+        raise ValueError(
+            f"corrections {corrections.shape} and probability {probability.shape} differ in shape"
+        )
+    candidate = probability >= threshold
+    painted, n_painted = label_components(corrections == LESION)
+    # a candidate touches a painted patch when it overlaps it or lies 26-connected to it
+    joined = label_components((painted > 0) | candidate)[0]
+    with_candidate = np.isin(joined, np.unique(joined[candidate]))
+    patches_found = np.unique(painted[with_candidate & (painted > 0)])
+    rejected, n_rejected = label_components(corrections == NOT_LESION)
+    left = np.unique(rejected[candidate & (rejected > 0)])
+    return StrokeOutcome(n_painted, int(patches_found.size), n_rejected, n_rejected - left.size)
