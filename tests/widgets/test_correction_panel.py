@@ -12,6 +12,7 @@ from qtpy.QtCore import Qt
 
 from napari_metseg.case import fingerprint
 from napari_metseg.correction import TrustRegion, Workspace
+from napari_metseg.correction.outcome import StrokeOutcome
 from napari_metseg.correction.storage import file_digest
 from napari_metseg.correction.workspace import workspace_folder
 from napari_metseg.importance import compare_lesions
@@ -174,7 +175,9 @@ def test_finetune_makes_a_version_updates_the_layers_and_reports_changes(
     assert sorted(features["label"]) == sorted(np.unique(after_labels[after_labels > 0]))
     changes = compare_lesions(before_labels, after_labels)
     assert segmented.correction.changes == changes
-    assert notifications["info"][-1] == f"model v001: {changes.summary()}"
+    strokes = StrokeOutcome(**workspace.info("v001")["metrics"]["strokes"])
+    assert strokes.painted == 1 and strokes.rejected == 1  # what _paint_strokes painted
+    assert notifications["info"][-1] == f"model v001: {changes.summary()}; {strokes.summary()}"
     n_changed = len(changes.lost) + len(changes.gained)
     assert (CHANGES_LAYER in viewer.layers) == (n_changed > 0)
     if n_changed:
@@ -376,7 +379,9 @@ def test_a_scripted_session_keeps_one_layer_each_and_reports_changed_lesions(
     _finetune(qtbot, widget)
     assert widget.state.version == "v001"
     assert counts() == [1, 1, 1] and shown() == (3, 3, 3)
-    assert notifications["info"][-1] == "model v001: 2 new lesions, 1 removed"
+    assert notifications["info"][-1].startswith(
+        "model v001: 2 new lesions, 1 removed; painted lesions found: "
+    )
     rings = viewer.layers[CHANGES_LAYER]
     assert list(rings.features["change"]) == ["new", "new", "removed"]
     assert len(rings.data) == 3
