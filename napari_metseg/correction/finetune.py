@@ -6,7 +6,7 @@ corrections plus a few neighbouring and random slices
 objective of :mod:`~napari_metseg.correction.objective`. It then predicts
 the whole case with the new model and holds the result against the trust
 region (:mod:`~napari_metseg.correction.trust`): a round that adds more
-lesion, or more than one new candidate of any size, far from the strokes is
+lesion, or more new candidates, far from the strokes than it allows is
 retried from the input model with half the step size (not fewer steps:
 AdamW's first steps move every weight by about the step size whatever its
 gradient, and on a benchmark case a retry with half the steps sprouted 78
@@ -25,10 +25,10 @@ Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
   the one a run left, with the model and prepared case it was built from, and
   it is reused while the model is unchanged), and
   only those last layers train; the whole-case prediction of each attempt
-  decodes the cache. On 2 quiet CPU cores a round with a warm cache took
-  3.9-6.0 s on the correction benchmark (1.5-2.3 attempts on average) and
-  4.4-5.1 s from click to layers in the workbench; building the cache costs
-  about one segmentation of the case (6 s on the sample case).
+  decodes the cache. On 2 quiet CPU cores a round of 100 steps with a warm
+  cache took 4.4-9.2 s on the correction benchmark (1.0-1.7 attempts on
+  average); building the cache costs about one segmentation of the case
+  (6 s on the sample case).
 - ``full`` (default on GPU): all weights train.
 
 Both feed every sample under a few sequence-dropout draws, so the round keeps

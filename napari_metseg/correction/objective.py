@@ -57,22 +57,22 @@ term when the batch holds no mark), each term a mean over its own voxels:
   needed (full mode on an H200: 103-140 cm^3 and 300 new candidates away from
   one dab, before the trust region's back-off).
 
-What this objective does not do (benchmark, 4 held-out phantoms): lift the
-missed 1- to 3-voxel lesions the annotator dabs over the 0.10 threshold in
-fast mode. Their maximum probability moved from 0.0004-0.05 to at most
-0.02-0.16 where the hold was weak, and only while hundreds of new specks
-appeared elsewhere: the frozen features do not tell these lesions from other
-spots, so the trust region rejects any round strong enough to find them.
-Measured with the bundled model on cases 9000 and 9001: the cells of the
-decoder's input under the missed 1-voxel lesions rank behind 2,500 and 11,000
-other cells of their case by the base model's logit. Holding the 2,000 cells
-that rose most over their ceiling (re-mined every 5 of 40 steps, lr 3e-3) kept
-every round free of new candidates, but the painted lesions fell to p < 0.001
-with the base model's candidates. A 'not lesion' mark on every voxel of a
-false positive fares no better: the false positives look like the lesions the
-round must keep (1 of 4 removed while 5 true lesions went elsewhere; 0 of 4
-with the whole-case hold of fast mode, :class:`~napari_metseg.correction.steps.KeptCells`,
-which keeps them).
+What fast mode can and cannot lift (benchmark, 4 held-out phantoms, bundled
+model). The missed lesions an annotator dabs there are 1-3 voxels; their
+decoder-input cells rank behind 2,500 to 11,000 other cells of their case by
+the base model's logit. Holding every one of the case's 460,000 cells in
+every step (300 steps, 190 s), the decoder's last layers lifted the dabbed
+lesion of case 9000 from logit -7.3 to +4.0 with no other cell crossing the
+threshold: the frozen features do separate it, and what a round needs is the
+whole case held, which the risers of :class:`~napari_metseg.correction.steps.CaseHold`
+approximate at a small fraction of the cost. With the strokes as
+multiple-instance bags and the risers held, 2 of 7 dabbed lesions were found
+in one round where none were before; the others are faint (contrast to
+noise +2.6 to +3.5 on ``bravo`` and +1.6 to +2.4 on ``cube_post``) or look
+like a vessel (+6.5 on ``bravo``, -3.0 on ``cube_post``), and lifting them
+lifts look-alikes elsewhere, which the trust region refuses. A 'not lesion'
+mark on every voxel of a false positive does not remove it (0 of 4): the
+false positives look like the lesions the whole-case hold keeps.
 """
 
 from __future__ import annotations

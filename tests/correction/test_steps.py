@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from napari_metseg.case import SEQUENCES, Case, Geometry
+from napari_metseg.correction import FinetuneConfig
 from napari_metseg.correction.cache import CaseContext
-from napari_metseg.correction.samples import LESION, empty_corrections, select_samples
-from napari_metseg.correction.steps import CaseHold
+from napari_metseg.correction.samples import (
+    LESION,
+    NOT_LESION,
+    empty_corrections,
+    select_samples,
+)
+from napari_metseg.correction.steps import CaseHold, make_batches
 from napari_metseg.model import load_model
 from napari_metseg.preprocess import prepare_case
 
@@ -76,3 +82,21 @@ def test_the_risers_are_the_cells_a_network_lifts_most_towards_the_threshold(cac
     torch.testing.assert_close(hold.risers_teacher.sort().values, below.sort().values[-10:])
     assert hold.hold_risers(lifted, threshold, gap=0.0) > 0.0
     assert hold.hold_risers(model, threshold, gap=0.0) == 0.0
+
+
+def test_lesion_strokes_count_only_with_the_cases_own_sequences(cached) -> None:
+    """Under a sequence-dropout draw the painted lesion may be invisible: its marks are
+    left free there (neither asked for nor anchored), 'not lesion' marks still count."""
+    model, cache, threshold = cached
+    corrections = empty_corrections((5, 32, 32))
+    corrections[2, 10:13, 10:13] = LESION
+    corrections[2, 20:22, 20:22] = NOT_LESION
+    samples = select_samples(corrections, 32, None, neighbours=0, random_slices=0)
+    config = FinetuneConfig(mode="fast", dropout_draws=2)
+    batches = make_batches(model, cache.prepared, samples, config, "fast", cache.device, cache)
+    none = np.zeros(0, dtype=np.int64)
+    _, marks, _, free = batches.batch(model, np.array([0, 0]), np.array([0, 1]), none)
+    own, dropped = marks.numpy()
+    assert (own == LESION).sum() == 9 and (dropped == LESION).sum() == 0
+    assert (own == NOT_LESION).sum() == (dropped == NOT_LESION).sum() == 4
+    assert free[1][torch.from_numpy(own == LESION)].all()
