@@ -98,7 +98,11 @@ def main() -> None:
     for index in range(args.rounds):
         paint_dab(viewer.layers[CORRECTIONS_LAYER], targets[index % len(targets)])
         seconds, shown = click_and_wait(panel.finetune_button, viewer, state)
-        note = f"{state.version}; {panel.status_label.text()}" + ("" if shown else "; no new layer")
+        metrics = workbench.correction.workspace.info(state.version)["metrics"]
+        note = (
+            f"{panel.status_label.text()}, {metrics['attempts']} attempt(s), "
+            f"{metrics['timings']}" + ("" if shown else "; no new layer")
+        )
         rows.append((f"round {index + 1}", seconds, resident_mb(), note))
 
     print(

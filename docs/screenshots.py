@@ -33,6 +33,14 @@ from napari_metseg.phantom import make_phantom
 IMAGES = Path(__file__).resolve().parent / "images"
 
 
+def settle(seconds: float) -> None:
+    """Let Qt lay out and paint what changed (the window is grabbed as it is)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+
+
 def wait_for(condition, timeout_s: float = 600.0) -> float:
     """Process Qt events until ``condition()`` holds; seconds waited."""
     start = time.perf_counter()
@@ -67,7 +75,7 @@ def main() -> None:
     viewer.open(sample_folder(), plugin="napari-metseg")
     _, workbench = viewer.window.add_plugin_dock_widget("napari-metseg", "MetSeg workbench")
     state = workbench.state
-    wait_for(lambda: True, 1.0)
+    settle(1.0)
 
     workbench.run()
     seconds = wait_for(lambda: state.worker is None and state.table is not None)
@@ -75,14 +83,14 @@ def main() -> None:
     table = workbench.lesion_table
     if len(state.table):
         table.select_lesion(int(state.table["label"].iloc[0]))
-    wait_for(lambda: True, 0.5)
+    settle(0.5)
     viewer.screenshot(IMAGES / "workbench.png", canvas_only=False)
 
     workbench.tabs.setCurrentIndex(2)
     workbench.explain_panel.explain()
     seconds = wait_for(lambda: state.worker is None and workbench.explain_panel.saliency)
     print(f"saliency of the selected lesion: {seconds:.1f} s")
-    wait_for(lambda: True, 0.5)
+    settle(0.5)
     viewer.screenshot(IMAGES / "saliency.png", canvas_only=False)
 
     for layer in viewer.layers:
@@ -95,7 +103,7 @@ def main() -> None:
     seconds = wait_for(lambda: state.worker is None)
     print(f"fine-tune round + segmentation: {seconds:.1f} s; {state.version}")
     table.view.clearSelection()
-    wait_for(lambda: True, 0.5)
+    settle(0.5)
     viewer.screenshot(IMAGES / "correction.png", canvas_only=False)
     viewer.close()
 

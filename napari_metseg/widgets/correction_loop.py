@@ -319,8 +319,10 @@ class CorrectionLoop(QObject):
         if before is None or after is None or before.shape != after.shape:
             return
         self.changes = compare_lesions(before, after)
-        message = "; ".join(filter(None, [f"model {version}: {self.changes.summary()}", note]))
-        self.panel.changes_label.setText(message)
+        message = "; ".join(
+            part for part in (f"model {version}: {self.changes.summary()}", note) if part
+        )
+        self.panel.changes_label.setText(message.replace("; ", "\n"))
         self.panel.status_label.setText(f"model {version}")
         if CHANGES_LAYER in self.viewer.layers:
             self.viewer.layers.remove(CHANGES_LAYER)
