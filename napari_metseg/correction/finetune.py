@@ -235,7 +235,7 @@ def finetune(
     seconds = time.perf_counter() - started
     strokes = stroke_outcome(corrections, probability, config.trust.threshold)
     logger.info(
-        "fine-tuned (%s, %d samples, attempt %d, lr %.1e) in %.1f s: corrected-voxel loss "
+        "fine-tuned (%s, %d samples, attempt %d, lr %.1e) in %.1f s: stroke loss "
         "%.4f -> %.4f; %s; %s",
         mode,
         len(samples.slices),
