@@ -3,7 +3,7 @@
 An annotator marks a handful of voxels (1 = missed lesion, 2 = not a lesion)
 and leaves the rest of the case unmarked. The loss of a batch is
 ``stroke_share * strokes + (1 - stroke_share) * unmarked`` (only the unmarked
-term when the batch holds no mark), each term a mean over its own voxels:
+term when the batch holds no mark), each term a mean over its own marks:
 
 - **Strokes** are trusted. A lesion stroke (a patch of lesion marks on one
   slice) says that a lesion lies under it, not that every voxel under it is
