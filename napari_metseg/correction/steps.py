@@ -126,6 +126,10 @@ class CaseHold:
         self.risers = _gather(self.pool.context, chosen)
         self.risers_teacher = self.cells_teacher[chosen]
 
+    def forget_risers(self) -> None:
+        """No risers until the next :meth:`mine`."""
+        self.risers = self.risers_teacher = None
+
     def hold(self, network: MetsegNet, threshold: float, gap: float) -> torch.Tensor:
         """Mean :func:`candidate_hold` of ``network`` over the kept cells (0 without any)."""
         return _held(network, self.kept, self.kept_teacher, threshold, gap)
@@ -305,6 +309,8 @@ def train_steps(
     weights /= weights.sum()
     extra_count = min(config.random_slices, batches.pool_slices.size)
     losses: list[float] = []
+    if batches.case_hold is not None:
+        batches.case_hold.forget_risers()  # an attempt starts again from the input model
     for step in range(iterations):
         check_cancel(cancel)
         picks = rng.choice(len(weights), size=config.batch_size, p=weights)
@@ -332,7 +338,8 @@ def train_steps(
         )
         case_hold = batches.case_hold
         if case_hold is not None and config.unmarked != "ignore":
-            if config.risers and step % config.mine_every == 0:
+            # at step 0 the network is the base model: nothing has risen yet
+            if config.risers and step and step % config.mine_every == 0:
                 case_hold.mine(network, config.risers, config.trust.threshold, config.hold_gap)
             held = case_hold.hold(network, config.trust.threshold, config.hold_gap)
             risen = case_hold.hold_risers(network, config.trust.threshold, config.hold_gap)
