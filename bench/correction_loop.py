@@ -123,11 +123,14 @@ def healthy_dab(corrections: np.ndarray, bench: Bench, rng: np.random.Generator)
 
 def run_round(bench: Bench, model: MetsegNet, corrections: np.ndarray, variant: str, args) -> dict:
     """One fine-tuning round from ``model``; the probability it returns and how it went."""
-    config = FinetuneConfig(
-        mode=args.mode,
-        device=args.device,
-        iterations=args.iterations,
-        **{**VARIANTS[variant], **args.settings},
+    config = FinetuneConfig.from_dict(
+        {
+            "mode": args.mode,
+            "device": args.device,
+            "iterations": args.iterations,
+            **VARIANTS[variant],
+            **args.settings,
+        }
     )
     started = time.perf_counter()
     try:
@@ -269,7 +272,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="another FinetuneConfig value, e.g. --set lr=1e-3 (repeatable)",
+        help="another FinetuneConfig value as JSON, e.g. --set lr=1e-3 or "
+        "--set 'trust={\"extra_specks\": 4}' (repeatable)",
     )
     parser.add_argument("--spacing", type=float, default=1.5)
     parser.add_argument("--device", default="cpu")

@@ -10,17 +10,17 @@ from napari_metseg.correction.trust import TrustRegion
 
 #: Fine-tuning modes; ``auto`` is ``full`` on CUDA and ``fast`` elsewhere.
 MODES: tuple[str, ...] = ("auto", "fast", "full")
-#: What a round's ``lr``, ``iterations`` and ``hold_weight`` are when left at None, per mode.
-#: Fast (correction benchmark, 4 held-out phantoms, 2 CPU cores): with multiple-instance
-#: strokes and the risers held (``steps.CaseHold``), 100 AdamW steps at 3e-3 found 2 of 7
-#: dabbed 1-3 voxel lesions (tiny profile), 2 of 7 (large) and 5 of 15 after five rounds, in
-#: 4.4-9.2 s per round, with false positives >= 10 mm^3 within base + 1; the former 20 steps
-#: at 2.5e-4 found 0, 1 and 3 of them. A hold weight of 1000 there (full mode's) took 1.3-2.3
-#: attempts per round and found 1 of 7 and 3 of 15. Full: on the sample case even 2.5e-6 grew
-#: two base specks past 10 mm^3 (the trust region refuses).
+#: What a round's ``lr``, ``iterations``, ``hold_weight`` and ``stroke_share`` are when left
+#: at None, per mode. Fast (correction benchmark, 4 held-out phantoms, 2 CPU cores): with
+#: the band of the case held in every step (``steps.CaseHold``) at ``hold_weight`` 100,
+#: the strokes at a share of 0.8 and the bag centred (``centre_bias``), one round found 5 of
+#: 7 dabbed 1-3 voxel lesions with false positives >= 10 mm^3 at the base's (a hold weight
+#: of 400: 3 of 7; 20, the former default: 7 of 7 with 1.5 more false positives per case).
+#: Full: on the sample case even 2.5e-6 grew two base specks past 10 mm^3 (the trust
+#: region refuses).
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
-    "fast": {"lr": 3e-3, "iterations": 100, "hold_weight": 20.0},
-    "full": {"lr": 2e-5, "iterations": 20, "hold_weight": 1000.0},
+    "fast": {"lr": 3e-3, "iterations": 100, "hold_weight": 100.0, "stroke_share": 0.8},
+    "full": {"lr": 2e-5, "iterations": 20, "hold_weight": 1000.0, "stroke_share": 0.5},
 }
 
 
@@ -29,14 +29,19 @@ class FinetuneConfig:
     """Settings of one fine-tuning round (the objective's terms are in ``objective``).
 
     ``iterations`` AdamW steps of ``batch_size`` samples at ``lr``
-    (``lr``, ``iterations`` and ``hold_weight`` None: :data:`MODE_DEFAULTS`
+    (``lr``, ``iterations``, ``hold_weight`` and ``stroke_share`` None: :data:`MODE_DEFAULTS`
     of the mode the round runs in, :meth:`for_mode`); corrected slices are ``oversample``
     times as likely as the neighbouring ones (``neighbours`` per side);
     ``random_slices`` other slices join every step (fast mode: drawn afresh
     from the whole case; full mode: fixed samples). ``lesion_margin``: pixels
     of the network grid around lesion strokes left out of the anchor.
-    ``risers``: cells of the whole case held where the network lifts them most,
-    re-mined every ``mine_every`` steps, at ``riser_weight`` (fast mode).
+    ``centre_bias``: logits per squared network pixel by which a lesion
+    stroke's bag prefers voxels near its centre (``objective.stroke_peaks``).
+    Fast mode holds, in every step, the band of the case: the cells within
+    ``hold_band`` logits under the candidate threshold or ``hold_gap`` under
+    the faintest lesion stroke, at most ``band_cells`` of them, at
+    ``hold_weight``; and ``risers``, the cells under the band the network
+    lifts most, re-mined every ``mine_every`` steps, at ``riser_weight``.
     ``trust`` bounds what may change away from the strokes; ``backoffs``
     retries, each with half the step size, before a round is refused.
     ``dropout_rate``: sequence dropout probability; ``dropout_draws``:
@@ -48,12 +53,15 @@ class FinetuneConfig:
     alpha: float = 3.0
     beta: float = 0.1
     keep_threshold: float = 0.5
-    stroke_share: float = 0.5
+    stroke_share: float | None = None
     stroke_target: float = 0.9
+    centre_bias: float = 0.5
     lesion_margin: int = 3
     anchor_weight: float = 1.0
     hold_weight: float | None = None
     hold_gap: float = 2.0
+    hold_band: float = 6.0
+    band_cells: int = 40000
     risers: int = 2000
     mine_every: int = 20
     riser_weight: float = 10.0
@@ -78,12 +86,12 @@ class FinetuneConfig:
             raise ValueError(
                 f"unmarked must be one of {list(UNMARKED_MODES)}, got {self.unmarked!r}"
             )
-        for name in ("iterations", "batch_size", "dropout_draws", "mine_every"):
+        for name in ("iterations", "batch_size", "dropout_draws", "mine_every", "band_cells"):
             if (getattr(self, name) or 1) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}")
-        if self.oversample <= 0 or not 0 < self.stroke_share <= 1:
+        if self.oversample <= 0 or not 0 < (self.stroke_share or 1) <= 1:
             raise ValueError(
                 "oversample must be > 0 and stroke_share in (0, 1], got "
                 f"{self.oversample}, {self.stroke_share}"

@@ -77,11 +77,11 @@ def test_beta_one_is_weighted_ce_against_the_teachers_hard_labels() -> None:
 
 
 def test_strokes_carry_their_share_of_the_loss_whatever_their_count() -> None:
-    """9 painted voxels weigh as much as 10,000 (stroke_share), never more or less."""
+    """9 painted voxels weigh as much as 9,801 (stroke_share), never more or less."""
     logits = torch.zeros(1, 2, 128, 128)  # p = 0.5 everywhere
     teacher = torch.full((1, 128, 128), -5.0)
     losses = []
-    for side in (3, 100):
+    for side in (3, 99):  # odd: the centroid is a voxel (the bag prefers the centre)
         marks = torch.zeros(1, 128, 128, dtype=torch.uint8)
         marks[0, :side, :side] = LESION
         stroke = correction_loss(logits, marks, teacher, stroke_share=1.0, stroke_target=0.9)
@@ -108,6 +108,33 @@ def test_a_lesion_stroke_asks_for_one_lesion_voxel_under_it() -> None:
     correction_loss(logits, marks, torch.zeros(1, 12, 12), stroke_share=1.0).backward()
     moved = (logits.grad.abs().sum(dim=1)[0] > 0).nonzero().tolist()
     assert moved == [[8, 9]]
+
+
+def test_a_dab_pulls_its_centre_unless_an_edge_voxel_looks_far_more_like_lesion() -> None:
+    """A dab is centred on the lesion the annotator saw; an edge voxel a little more
+    lesion-like than the centre is the healthy tissue around a 1-voxel lesion."""
+    probability = torch.full((1, 9, 9), 0.01)
+    probability[0, 5, 5] = 0.02  # a corner of the dab, a little more lesion-like
+    marks = torch.zeros(1, 9, 9, dtype=torch.uint8)
+    marks[0, 3:6, 3:6] = LESION
+    for centre_bias, pulled in ((0.5, [[4, 4]]), (0.0, [[5, 5]])):
+        logits = logits_of(probability).requires_grad_(True)
+        correction_loss(
+            logits, marks, torch.zeros(1, 9, 9), stroke_share=1.0, centre_bias=centre_bias
+        ).backward()
+        assert (logits.grad.abs().sum(dim=1)[0] > 0).nonzero().tolist() == pulled
+
+
+def test_a_false_positive_is_pulled_hardest_where_it_is_most_lesion_like() -> None:
+    """It must go entirely: its last voxel over the threshold is what keeps it a candidate."""
+    probability = torch.full((1, 6, 6), 0.3)
+    probability[0, 2, 3] = 0.6
+    marks = torch.full((1, 6, 6), NOT_LESION, dtype=torch.uint8)
+    logits = logits_of(probability).requires_grad_(True)
+    correction_loss(logits, marks, torch.zeros(1, 6, 6), stroke_share=1.0).backward()
+    pull = logits.grad[0, 1]
+    assert (pull > 0).all()
+    assert pull[2, 3] > 10 * pull[0, 0]
 
 
 @pytest.mark.parametrize(("p_lesion", "pulled"), [(0.1, True), (0.02, True), (0.005, False)])

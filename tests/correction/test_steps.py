@@ -1,4 +1,4 @@
-"""Fast mode holds the whole case: every base candidate, and the cells a round lifts most."""
+"""Fast mode holds the whole case: the band near the threshold, and the cells a round lifts most."""
 
 from __future__ import annotations
 
@@ -38,27 +38,43 @@ def cached(tiny_model_path):
     return model, cache, threshold
 
 
-def _hold(cached, marked_slice: np.ndarray, threshold: float | None = None) -> CaseHold:
-    model, cache, half = cached
-    threshold = half if threshold is None else threshold
+def _hold(cached, marked_slice: np.ndarray, lowest: float, limit: int = 10**6) -> CaseHold:
+    model, cache, _ = cached
     corrections = empty_corrections((5, 32, 32))
     corrections[marked_slice] = LESION
     samples = select_samples(corrections, 32, None, neighbours=0, random_slices=0)
-    return CaseHold.find(model, cache, samples, margin=1, threshold=threshold)
+    return CaseHold.find(model, cache, samples, margin=1, lowest=lowest, limit=limit)
+
+
+def _one_voxel() -> np.ndarray:
+    return np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32)
+
+
+def _logit(probability: float) -> float:
+    return math.log(probability / (1 - probability))
 
 
 def test_the_cells_near_the_marks_are_left_to_the_strokes(cached) -> None:
-    one_voxel = np.zeros((5, 32, 32), dtype=bool)
-    one_voxel[0, 0, 0] = True
     whole_slice = np.zeros((5, 32, 32), dtype=bool)
     whole_slice[2] = True  # leaves slices 0 and 4 (1-3 are the marked one and its neighbours)
-    everywhere, away = _hold(cached, one_voxel), _hold(cached, whole_slice)
-    assert everywhere.kept_teacher.numel() > away.kept_teacher.numel() > 0
+    everywhere, away = _hold(cached, _one_voxel(), -math.inf), _hold(cached, whole_slice, -math.inf)
+    assert everywhere.band_teacher.numel() > away.band_teacher.numel() > 0
+
+
+def test_the_band_is_the_cells_above_its_floor_the_most_lesion_like_first(cached) -> None:
+    cut = float(_hold(cached, _one_voxel(), -math.inf).cells_teacher.median())
+    band = _hold(cached, _one_voxel(), cut)
+    assert band.band_teacher.numel() > 7
+    assert (band.band_teacher > cut).all() and (band.cells_teacher[band.outside] <= cut).all()
+    capped = _hold(cached, _one_voxel(), cut, limit=7)
+    torch.testing.assert_close(
+        capped.band_teacher.sort().values, band.band_teacher.sort().values[-7:]
+    )
 
 
 def test_the_hold_charges_only_a_decoder_that_drops_the_candidates(cached) -> None:
     model, _, threshold = cached
-    kept = _hold(cached, np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32))
+    kept = _hold(cached, _one_voxel(), _logit(threshold))
     lowered = copy.deepcopy(model)
     with torch.no_grad():
         lowered.decoder_parameters()[-1][1] -= 5.0  # the classifier's lesion bias
@@ -66,19 +82,20 @@ def test_the_hold_charges_only_a_decoder_that_drops_the_candidates(cached) -> No
     assert kept.hold(lowered, threshold, gap=0.0) > 1.0
 
 
-def test_the_risers_are_the_cells_a_network_lifts_most_towards_the_threshold(cached) -> None:
+def test_the_risers_are_the_cells_under_the_band_a_network_lifts_most(cached) -> None:
     model, cache, _ = cached
     threshold = float(torch.sigmoid(cache.teacher.max() + 0.5))  # no base candidate
-    hold = _hold(cached, np.eye(1, 5 * 32 * 32, dtype=bool).reshape(5, 32, 32), threshold)
+    floor = float(torch.quantile(cache.teacher.flatten(), 0.9))
+    hold = _hold(cached, _one_voxel(), floor)
     assert hold.hold_risers(model, threshold, gap=0.0) == 0.0  # nothing mined yet
     lifted = copy.deepcopy(model)
     with torch.no_grad():
         lifted.decoder_parameters()[-1][1] += 5.0  # every cell rises by 5 logits
     hold.mine(lifted, 10, threshold, gap=0.0)
-    assert hold.risers_teacher.numel() == 10 and hold.away.sum() > 10
-    cut = math.log(threshold / (1 - threshold))
-    below = hold.cells_teacher[hold.away & (hold.cells_teacher < cut)]
-    # the ten chosen are the highest of the cells below the threshold (a uniform rise)
+    assert hold.risers_teacher.numel() == 10 and hold.outside.sum() > 10
+    below = hold.cells_teacher[hold.outside]
+    assert (below <= floor).all()
+    # the ten chosen are the highest of the cells under the band (a uniform rise)
     torch.testing.assert_close(hold.risers_teacher.sort().values, below.sort().values[-10:])
     assert hold.hold_risers(lifted, threshold, gap=0.0) > 0.0
     assert hold.hold_risers(model, threshold, gap=0.0) == 0.0
