@@ -169,8 +169,9 @@ def _cell_logits(network: MetsegNet, context: Features) -> torch.Tensor:
 
 def _gather(context: Features, cells: torch.Tensor) -> Features:
     """The cells of ``context`` where ``cells`` ``(N, h, w)`` is set, as one column
-    ``(1, ..., C, n, 1)``: a pointwise convolution over one large image runs 1.6x
-    faster on a CPU than over ``n`` images of one pixel."""
+    ``(1, ..., C, n, 1)``: pointwise convolutions over one tall image, not ``n``
+    images of one pixel (a 150-step probe on a benchmark case holding 20,000
+    cells took 7.6 s on 2 CPU cores instead of 12.0 s)."""
     row, r, c = cells.nonzero(as_tuple=True)
     return Features(context.out[row, ..., r, c].movedim(0, -1)[None, ..., None], None, (1, 1))
 
