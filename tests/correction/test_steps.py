@@ -12,13 +12,14 @@ import torch
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.correction import FinetuneConfig
 from napari_metseg.correction.cache import CaseContext
+from napari_metseg.correction.hold import CaseHold
 from napari_metseg.correction.samples import (
     LESION,
     NOT_LESION,
     empty_corrections,
     select_samples,
 )
-from napari_metseg.correction.steps import CaseHold, make_batches
+from napari_metseg.correction.steps import make_batches
 from napari_metseg.model import load_model
 from napari_metseg.preprocess import prepare_case
 
