@@ -118,6 +118,11 @@ def near_lesion_strokes(marks: torch.Tensor, margin: int) -> torch.Tensor:
     return near & (marks == UNMARKED)
 
 
+def threshold_logit(threshold: float) -> float:
+    """The lesion logit ``log P1 - log P0`` at which the probability is ``threshold``."""
+    return math.log(threshold / (1.0 - threshold))
+
+
 def candidate_hold(
     margin: torch.Tensor, teacher: torch.Tensor, threshold: float, gap: float
 ) -> torch.Tensor:
@@ -130,7 +135,7 @@ def candidate_hold(
     (a new speck, a lost lesion), which the logit anchor charges no more than
     any other shift.
     """
-    cut = math.log(threshold / (1.0 - threshold))
+    cut = threshold_logit(threshold)
     below = teacher < cut
     ceiling = torch.maximum(teacher, torch.full_like(teacher, cut - gap))
     floor = torch.minimum(teacher, torch.full_like(teacher, cut + gap))

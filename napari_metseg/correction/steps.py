@@ -37,7 +37,6 @@ bag centred on the dab (``objective.stroke_peaks``), at 0.25-0.5: found.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
@@ -53,6 +52,7 @@ from napari_metseg.correction.objective import (
     near_lesion_strokes,
     stroke_loss,
     stroke_peaks,
+    threshold_logit,
 )
 from napari_metseg.correction.samples import LESION, CorrectionSamples
 from napari_metseg.model import MetsegNet, apply_presence, sequence_dropout
@@ -177,7 +177,7 @@ def make_batches(
     case_hold = None
     if pool is not None:
         pool_slices = np.flatnonzero(~np.isin(pool.slices, samples.slices[samples.corrected]))
-        cut = math.log(config.trust.threshold / (1.0 - config.trust.threshold))
+        cut = threshold_logit(config.trust.threshold)
         corrected = torch.from_numpy(samples.corrected).to(marks.device)
         peaks = stroke_peaks(teacher[0, corrected], marks[corrected] == LESION, config.centre_bias)
         lowest = min([cut - config.hold_band, *(peaks - config.hold_gap).tolist()])
