@@ -12,11 +12,12 @@ from napari_metseg.correction.trust import TrustRegion
 MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: What a round's ``lr``, ``iterations``, ``hold_weight`` and ``stroke_share`` are when left
 #: at None, per mode. Fast (correction benchmark, 4 held-out phantoms, 2 CPU cores): with
-#: the band of the case held in every step (``steps.CaseHold``), the strokes at a share of
+#: the band of the case held in every step (``hold.CaseHold``), the strokes at a share of
 #: 0.8 and the bag centred (``centre_bias``), one round with the trust region's counts
 #: lifted found 5 of 7 dabbed 1-3 voxel lesions at a hold weight of 100, with false
 #: positives >= 10 mm^3 at the base's; 3 of 7 at 400; 7 of 7 at 20, with 1.5 more false
-#: positives per case. Within the trust region, 100 finds 3 of 7 (the former defaults: 2).
+#: positives per case. Within the trust region, 100 finds 5 of 7 (the former defaults: 2;
+#: 3 with two new specks allowed instead of three, ``trust.TrustRegion``).
 #: Full: on the sample case even 2.5e-6 grew two base specks past 10 mm^3 (the trust
 #: region refuses).
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
