@@ -87,6 +87,9 @@ def lesion_table(
     min_volume_mm3: float = 0.0,
     affine: np.ndarray | None = None,
     connectivity: int = 26,
+    *,
+    candidates: np.ndarray | None = None,
+    kept: np.ndarray | None = None,
 ) -> LesionTable:
     """Connected components of ``probability >= threshold``, measured.
 
@@ -97,7 +100,10 @@ def lesion_table(
     ``diag(spacing)``, i.e. the world origin at voxel ``(0, 0, 0)``.
     Components smaller than ``min_volume_mm3`` are dropped (the studies'
     false-positive count uses 10 mm^3); the rest are kept with ``volume >=
-    min_volume_mm3``.
+    min_volume_mm3``. ``candidates``: the bool voxels that make lesions
+    instead of ``probability >= threshold`` (an annotator's marks applied,
+    :func:`napari_metseg.correction.annotation.annotated_lesions`); ``kept``:
+    bool voxels whose components stay whatever their volume.
 
     Per lesion: ``label`` (ids 1..n by decreasing confidence; ties by larger
     volume, then scan order), ``voxels``, ``volume_mm3``, ``diameter_mm``
@@ -118,7 +124,14 @@ def lesion_table(
         raise ValueError(f"threshold must lie in (0, 1], got {threshold!r}")
     if min_volume_mm3 < 0 or not np.isfinite(min_volume_mm3):
         raise ValueError(f"min_volume_mm3 must be a finite value >= 0, got {min_volume_mm3!r}")
-    raw, count = label_components(probability >= threshold, connectivity)
+    for name, volume in (("candidates", candidates), ("kept", kept)):
+        if volume is not None and np.shape(volume) != probability.shape:
+            raise GeometryError(
+                f"{name} of shape {np.shape(volume)} do not match the probability's "
+                f"{probability.shape}"
+            )
+    mask = probability >= threshold if candidates is None else np.asarray(candidates, dtype=bool)
+    raw, count = label_components(mask, connectivity)
     voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
 
     index = np.flatnonzero(raw)
@@ -130,6 +143,9 @@ def lesion_table(
     )
     volume = voxels * voxel_volume
     keep = volume >= min_volume_mm3
+    if kept is not None:
+        held = np.unique(raw[np.asarray(kept, dtype=bool)])
+        keep[held[held > 0] - 1] = True
     order = np.lexsort((np.arange(count), -voxels, -confidence))
     order = order[keep[order]]
     new_id = np.zeros(count + 1, dtype=np.int32)

@@ -181,6 +181,8 @@ def test_bad_inputs_name_the_value():
         lesion_table(np.zeros((2, 2, 2)), (1, 1, 1), connectivity=8)
     with pytest.raises(ValueError, match="NaN"):
         lesion_table(np.full((2, 2, 2), np.nan), (1, 1, 1))
+    with pytest.raises(GeometryError, match="candidates of shape"):
+        lesion_table(np.zeros((2, 2, 2)), (1, 1, 1), candidates=np.ones((2, 2, 3), bool))
 
 
 def test_exports_csv_and_nifti_mask(tmp_path):
