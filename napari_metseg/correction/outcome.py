@@ -30,13 +30,14 @@ class StrokeOutcome:
     cleared: int
 
     def summary(self) -> str:
-        """``"painted lesions found: 1 of 2; marked false ones gone: 1 of 1"``."""
+        """``"the model finds 1 of 2 painted lesions, drops 1 of 1 marked false ones"``
+        (the lesion table holds every mark whatever the model says)."""
         parts = []
         if self.painted:
-            parts.append(f"painted lesions found: {self.found} of {self.painted}")
+            parts.append(f"finds {self.found} of {self.painted} painted lesions")
         if self.rejected:
-            parts.append(f"marked false ones gone: {self.cleared} of {self.rejected}")
-        return "; ".join(parts)
+            parts.append(f"drops {self.cleared} of {self.rejected} marked false ones")
+        return f"the model {', '.join(parts)}" if parts else ""
 
 
 def stroke_outcome(

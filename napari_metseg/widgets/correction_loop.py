@@ -114,6 +114,7 @@ class CorrectionLoop(QObject):
         if folder == self.folder:
             return
         self.save()
+        self.state.set_marks(None)  # the strokes of the old case
         self.folder, self.workspace, self._images_digest = folder, None, images_digest
         self._case_name = Path(next(iter(case.sources.values()), "") or case.name).name
         self._predictions.clear()
@@ -145,15 +146,16 @@ class CorrectionLoop(QObject):
         self._context = None if context is None else (case, context)
 
     def save(self) -> bool:
-        """Write the layer's strokes to the workspace now (making it at the first stroke);
-        False when they could not be saved (a notification says why; the workspace keeps
-        the last good strokes)."""
+        """Apply the layer's strokes to the lesions and write them to the workspace now
+        (making it at the first stroke); False when they could not be saved (a
+        notification says why; the workspace keeps the last good strokes)."""
         self._timer.stop()
         layer = self.layer
         geometry = self.state.geometry
         if layer is None or geometry is None or self._layer_folder != self.folder:
             return True
         data = np.asarray(layer.data)
+        self.state.set_marks(data)
         try:
             if self.workspace is None:
                 if not data.any():
@@ -186,6 +188,7 @@ class CorrectionLoop(QObject):
         self._layer_folder = self.folder
         self._watch(show_layer(self.viewer, *corrections_layer(data, geometry)))
         self._timer.stop()
+        self.state.set_marks(data)
 
     def finetune(self) -> Any:
         """Save the strokes, then fine-tune and segment again in the worker (None: not started)."""

@@ -1,15 +1,19 @@
 """The lesion table dock: a sortable table of the ``lesions`` layer, navigation, exports.
 
 The table is the lesions Labels layer's own ``features`` (the workbench puts
-:func:`napari_metseg.lesion_table` there), so the dock, napari's status bar
-and the CSV export always show the same rows. Selecting a row moves the
-viewer to that lesion's slice, centres the camera on it and shows it alone
-(``selected_label`` + ``show_selected_label``). Accept (key A) and Reject
-(key R) mark every voxel of the selected lesion as 1 (lesion) or 2 (not
-lesion) in the ``corrections`` layer, through the layer's own undoable edit,
-so napari's undo takes a mark back and the workbench autosaves it. The exports write the mask and
-the probability as NIfTI on the reference file's grid
-(:func:`napari_metseg.io.write_volume`), the table as CSV and the canvas as PNG.
+:func:`~napari_metseg.correction.annotation.annotated_lesions` there: the
+model's lesions with the annotator's marks applied), so the dock, napari's
+status bar and the CSV export always show the same rows. Selecting a row
+moves the viewer to that lesion's slice, centres the camera on it and shows
+it alone (``selected_label`` + ``show_selected_label``). Accept (key A) and
+Reject (key R) mark every voxel of the selected lesion as 1 (lesion) or 2
+(not lesion) in the ``corrections`` layer, through the layer's own undoable
+edit, so napari's undo takes a mark back; the workbench autosaves it and
+applies it to the lesions (a rejected lesion leaves the table, a painted one
+joins it as ``painted``), and the next round teaches it to the model. The
+exports write the mask (with the marks) and the probability (the model's) as
+NIfTI on the reference file's grid (:func:`napari_metseg.io.write_volume`),
+the table as CSV and the canvas as PNG.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metseg.correction import LESION, NOT_LESION
+from napari_metseg.correction.annotation import PAINTED
 from napari_metseg.errors import MetsegError
 from napari_metseg.io import write_volume
 from napari_metseg.layerdata import CORRECTIONS_LAYER
@@ -95,6 +100,12 @@ COLUMNS: tuple[Column, ...] = (
         lambda row: f"{int(row['slice_start'])}\N{EN DASH}{int(row['slice_stop']) - 1}",
         "first and last slice holding the lesion (0-based)",
     ),
+    Column(
+        "painted",
+        PAINTED,
+        lambda row: "yes" if row.get(PAINTED, False) else "",
+        "holds a lesion stroke: in the mask whatever the model says (its confidence is the model's)",
+    ),
 )
 
 
@@ -127,7 +138,7 @@ class LesionTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return column.text(row)
         if role == SORT_ROLE:
-            return float(row[column.key])
+            return float(row.get(column.key, 0.0))
         if role == Qt.ItemDataRole.TextAlignmentRole:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
@@ -361,9 +372,11 @@ class LesionTablePanel(QWidget):
             self.summary_label.setText("no lesions layer: run the segmentation")
         else:
             total = float(frame["volume_mm3"].sum()) if len(frame) else 0.0
+            painted = int(frame[PAINTED].sum()) if PAINTED in frame.columns else 0
             self.summary_label.setText(
-                f"{len(frame)} lesions, {total:.0f} mm\N{SUPERSCRIPT THREE} in all "
-                "(click a row to go to it)"
+                f"{len(frame)} lesions"
+                + (f" ({painted} painted)" if painted else "")
+                + f", {total:.0f} mm\N{SUPERSCRIPT THREE} in all (click a row to go to it)"
             )
 
     def _on_selection(self, selected=None, deselected=None) -> None:

@@ -9,7 +9,9 @@ public methods and observe it through its signals; none of them calls another.
 The result layers are shown here, one of each per viewer and updated in place
 (:func:`~napari_metseg.widgets.layers.show_layer`): ``probability`` by
 :meth:`RunState.show_result`, ``lesions`` (its ``features`` are the lesion
-table, which the table dock shows) by :meth:`RunState.update_lesions`.
+table, which the table dock shows) by :meth:`RunState.update_lesions`, with
+the annotator's marks applied (:meth:`RunState.set_marks`,
+:func:`~napari_metseg.correction.annotation.annotated_lesions`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from napari_metseg.case import Case, Geometry
+from napari_metseg.correction.annotation import annotated_lesions
 from napari_metseg.correction.workspace import BASE
 from napari_metseg.errors import Cancelled, MetsegError
 from napari_metseg.layerdata import lesions_layer, probability_layer
-from napari_metseg.lesions import lesion_table
 from napari_metseg.model import load_model
 from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 from napari_metseg.widgets.layers import show_layer
@@ -73,6 +75,7 @@ class RunState(QObject):
         self.case: Case | None = None
         self.present: tuple[str, ...] = ()
         self.probability: np.ndarray | None = None
+        self.marks: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self.table: pd.DataFrame | None = None
         self.threshold = CANDIDATE_THRESHOLD
@@ -127,13 +130,29 @@ class RunState(QObject):
         self.threshold, self.min_volume_mm3 = float(threshold), float(min_volume_mm3)
         self.update_lesions()
 
+    def set_marks(self, marks: np.ndarray | None) -> None:
+        """Apply the case's corrections (None: none) to the lesions, when they changed."""
+        marks = None if marks is None or not marks.any() else np.array(marks, dtype=np.uint8)
+        if marks is None or self.marks is None:
+            changed = marks is not self.marks
+        else:
+            changed = not np.array_equal(marks, self.marks)
+        if changed:
+            self.marks = marks
+            self.update_lesions()
+
     def update_lesions(self) -> None:
-        """Re-derive the lesion labels and table from the kept probability; update the layer."""
+        """Re-derive the lesion labels and table from the kept probability and marks; update
+        the layer."""
         if self.probability is None or self.case is None:
             return
+        marks = self.marks
+        if marks is not None and marks.shape != self.probability.shape:
+            marks = None  # strokes of another case
         try:
-            table, labels = lesion_table(
+            table, labels = annotated_lesions(
                 self.probability,
+                marks,
                 self.case.geometry,
                 threshold=self.threshold,
                 min_volume_mm3=self.min_volume_mm3,

@@ -20,7 +20,7 @@ def test_a_painted_lesion_counts_once_a_candidate_overlaps_or_touches_it() -> No
     probability[4, 10, 4] = 0.09  # under the threshold
     outcome = stroke_outcome(corrections, probability)
     assert (outcome.painted, outcome.found) == (3, 2)
-    assert outcome.summary() == "painted lesions found: 2 of 3"
+    assert outcome.summary() == "the model finds 2 of 3 painted lesions"
 
 
 def test_a_marked_false_positive_is_gone_only_without_any_voxel_left() -> None:
@@ -30,7 +30,10 @@ def test_a_marked_false_positive_is_gone_only_without_any_voxel_left() -> None:
     probability = np.zeros((4, 10, 10), dtype=np.float32)
     probability[2, 8, 8] = 0.11
     assert stroke_outcome(corrections, probability) == StrokeOutcome(0, 0, 2, 1)
-    assert stroke_outcome(corrections, probability).summary() == "marked false ones gone: 1 of 2"
+    assert (
+        stroke_outcome(corrections, probability).summary()
+        == "the model drops 1 of 2 marked false ones"
+    )
 
 
 def test_grids_must_match() -> None:

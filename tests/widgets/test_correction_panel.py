@@ -149,6 +149,14 @@ def test_accept_and_reject_from_the_table_mark_the_lesion_voxels(qtbot, segmente
     np.testing.assert_array_equal(corrections, expected)
     qtbot.waitUntil(lambda: _saved(segmented), timeout=TIMEOUT_MS)
     np.testing.assert_array_equal(segmented.correction.workspace.corrections, expected)
+    # the marks apply to what the user sees at once: the rejected lesion leaves the table
+    assert table.proxy.rowCount() == 1 and table.table()["painted"].tolist() == [True]
+    assert "1 lesions (1 painted)" in table.summary_label.text()
+    _paint(viewer.layers[CORRECTIONS_LAYER], 1, 5, (40, 43), (40, 43))  # a lesion it missed
+    qtbot.waitUntil(lambda: table.proxy.rowCount() == 2, timeout=TIMEOUT_MS)
+    painted = table.table().iloc[1]
+    assert painted["painted"] and painted["voxels"] == 9 and painted["confidence"] == 0.0
+    assert np.asarray(viewer.layers[LESIONS_LAYER].data)[5, 41, 41] == painted["label"]
 
 
 def test_finetune_makes_a_version_updates_the_layers_and_reports_changes(
@@ -157,8 +165,10 @@ def test_finetune_makes_a_version_updates_the_layers_and_reports_changes(
     viewer = segmented.viewer
     base_hash = file_digest(tiny_model_path)
     _paint_strokes(viewer.layers[CORRECTIONS_LAYER])
+    qtbot.waitUntil(lambda: _saved(segmented), timeout=TIMEOUT_MS)  # and applied to the lesions
     before_probability = np.array(viewer.layers[PROBABILITY_LAYER].data)
     before_labels = np.array(viewer.layers[LESIONS_LAYER].data)
+    assert before_labels[20, 20:24, 20:24].all() and not before_labels[24, 30:33, 10:13].any()
     started = time.perf_counter()
     _finetune(qtbot, segmented)
     seconds = time.perf_counter() - started
@@ -378,9 +388,9 @@ def test_a_scripted_session_keeps_one_layer_each_and_reports_changed_lesions(
     _paint_strokes(viewer.layers[CORRECTIONS_LAYER])
     _finetune(qtbot, widget)
     assert widget.state.version == "v001"
-    assert counts() == [1, 1, 1] and shown() == (3, 3, 3)
+    assert counts() == [1, 1, 1] and shown() == (4, 4, 4)  # A, C, D and the painted one
     assert notifications["info"][-1].startswith(
-        "model v001: 2 new lesions, 1 removed; painted lesions found: "
+        "model v001: 2 new lesions, 1 removed; the model finds "
     )
     rings = viewer.layers[CHANGES_LAYER]
     assert list(rings.features["change"]) == ["new", "new", "removed"]
@@ -389,11 +399,11 @@ def test_a_scripted_session_keeps_one_layer_each_and_reports_changed_lesions(
 
     qtbot.mouseClick(widget.correction_panel.undo_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
-    assert widget.state.version == "base" and counts() == [1, 1, 1] and shown() == (2, 2, 2)
+    assert widget.state.version == "base" and counts() == [1, 1, 1] and shown() == (3, 3, 3)
     assert notifications["info"][-1] == "model base: 1 new lesion, 2 removed"
     qtbot.mouseClick(widget.correction_panel.redo_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: widget.state.worker is None, timeout=TIMEOUT_MS)
-    assert widget.state.version == "v001" and counts() == [1, 1, 1] and shown() == (3, 3, 3)
+    assert widget.state.version == "v001" and counts() == [1, 1, 1] and shown() == (4, 4, 4)
     assert [layer.name for layer in viewer.layers if "[" in layer.name] == []
 
 
