@@ -100,12 +100,7 @@ COLUMNS: tuple[Column, ...] = (
         lambda row: f"{int(row['slice_start'])}\N{EN DASH}{int(row['slice_stop']) - 1}",
         "first and last slice holding the lesion (0-based)",
     ),
-    Column(
-        "painted",
-        PAINTED,
-        lambda row: "yes" if row.get(PAINTED, False) else "",
-        "holds a lesion stroke: in the mask whatever the model says (its confidence is the model's)",
-    ),
+    Column("painted", PAINTED, lambda row: "yes" if row.get(PAINTED) else "", "holds a stroke"),
 )
 
 
