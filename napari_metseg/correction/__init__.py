@@ -1,10 +1,11 @@
 """The active-correction loop: corrections -> samples (``samples``), the round's
 objective (``objective``) and trust region (``trust``), fine-tuning
 (``finetune``), model versions with undo / redo and autosaved strokes
-(``workspace``). No Qt here: the GUI calls these with a progress callable and
-a cancel event.
+(``workspace``), the lesions with the marks applied (``annotation``). No Qt
+here: the GUI calls these with a progress callable and a cancel event.
 """
 
+from napari_metseg.correction.annotation import annotated_lesions
 from napari_metseg.correction.finetune import FinetuneConfig, FinetuneResult, finetune
 from napari_metseg.correction.objective import correction_loss
 from napari_metseg.correction.samples import (
@@ -32,6 +33,7 @@ __all__ = [
     "Workspace",
     "WorkspaceError",
     "accept_lesion",
+    "annotated_lesions",
     "correction_loss",
     "empty_corrections",
     "finetune",

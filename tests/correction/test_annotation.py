@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_metseg.case import Geometry
-from napari_metseg.correction import LESION, NOT_LESION, empty_corrections
-from napari_metseg.correction.annotation import PAINTED, annotated_lesions
+from napari_metseg.correction import LESION, NOT_LESION, annotated_lesions, empty_corrections
+from napari_metseg.correction.annotation import PAINTED
 from napari_metseg.correction.outcome import stroke_outcome
 from napari_metseg.errors import GeometryError
 
