@@ -63,6 +63,8 @@ _API: dict[str, str] = {
     "finetune": "napari_metseg.correction",
     "accept_lesion": "napari_metseg.correction",
     "reject_lesion": "napari_metseg.correction",
+    "empty_corrections": "napari_metseg.correction",
+    "annotated_lesions": "napari_metseg.correction",
 }
 
 __all__ = sorted(_API)
