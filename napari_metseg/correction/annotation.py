@@ -42,15 +42,11 @@ def annotated_lesions(
     lesions stay whatever ``min_volume_mm3``; 'not lesion' voxels are none.
     Confidence stays the model's own (a painted lesion it misses reads low).
     """
-    if corrections is None:
-        table, labels = lesion_table(
-            probability, geometry, threshold=threshold, min_volume_mm3=min_volume_mm3
-        )
-        table[PAINTED] = False
-        return LesionTable(table, labels)
-    corrections = check_corrections(corrections, np.shape(probability))
-    lesion = corrections == LESION
-    candidates = ((np.asarray(probability) >= threshold) | lesion) & (corrections != NOT_LESION)
+    lesion = candidates = None
+    if corrections is not None:
+        corrections = check_corrections(corrections, np.shape(probability))
+        lesion = corrections == LESION
+        candidates = ((np.asarray(probability) >= threshold) | lesion) & (corrections != NOT_LESION)
     table, labels = lesion_table(
         probability,
         geometry,
@@ -59,6 +55,7 @@ def annotated_lesions(
         candidates=candidates,
         kept=lesion,
     )
-    painted = np.bincount(labels[lesion], minlength=len(table) + 1)[1:] > 0
-    table[PAINTED] = painted
+    table[PAINTED] = (
+        False if lesion is None else np.bincount(labels[lesion], minlength=len(table) + 1)[1:] > 0
+    )
     return LesionTable(table, labels)
