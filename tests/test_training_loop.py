@@ -56,6 +56,22 @@ def test_a_few_iterations_reduce_the_loss(tmp_path):
     assert shares.sum() == pytest.approx(2.0)  # per-sequence and per-offset shares each sum to 1
 
 
+def test_a_run_can_start_from_a_model_file_of_the_same_architecture(tmp_path):
+    first = train(tiny(tmp_path / "a", iterations=30, log_interval=10, val_interval=30))
+    trained = pd.read_csv(first.out_dir / "log.csv")["loss"]
+    settings = {"iterations": 5, "log_interval": 5, "val_interval": 5}
+    fresh = train(tiny(tmp_path / "b", **settings))
+    carried = train(tiny(tmp_path / "c", init=str(first.final_model), **settings))
+    fresh_loss = pd.read_csv(fresh.out_dir / "log.csv")["loss"].iloc[0]
+    carried_loss = pd.read_csv(carried.out_dir / "log.csv")["loss"].iloc[0]
+    assert carried_loss < 0.7 * fresh_loss
+    assert carried_loss < 1.5 * trained.iloc[-1]
+    recorded = model.load_model(carried.final_model).metadata["training"]["config"]
+    assert recorded["init"] == str(first.final_model)
+    with pytest.raises(ReadError, match="head_channels=256 in the model"):
+        train(tiny(tmp_path / "d", init=str(first.final_model), head_channels=64, **settings))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mixed_precision_on_cuda_learns_and_saves_a_cpu_loadable_model(tmp_path):

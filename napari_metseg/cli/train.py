@@ -27,6 +27,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--output-stride": ("output_stride", "backbone output stride (light: 16 or 8)"),
     "--decoder": ("decoder", "none (DeepLabv3, the method's) or plus (DeepLabv3+)"),
     "--head-channels": ("head_channels", "width of the ASPP and decoder (the method's 256)"),
+    "--init": ("init", "model to start from (folder, file or 'default') instead of random weights"),
     "--dropout": ("sequence_dropout", "sequence dropout on or off (true / false)"),
     "--loss": ("loss", "weighted_ce, bootstrap or lopsided_bootstrap"),
     "--alpha": ("alpha", "weight of lesion voxels"),

@@ -50,6 +50,11 @@ class TrainConfig:
     method's DeepLabv3; ``plus``: DeepLabv3+), ``head_channels`` (their
     width; the method's 256), and
     ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
+    ``init``: a model file (folder, ``.safetensors`` or ``default``) whose
+    weights the run starts from instead of random ones, so a researcher can
+    adapt the bundled model to their own scans, or a CPU run can carry on
+    where a GPU one stopped; its architecture must be the one these settings
+    describe.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
@@ -87,6 +92,7 @@ class TrainConfig:
     decoder: str = "none"
     head_channels: int = 256
     tied_weight: float = 1e-4
+    init: str | None = None
     sequence_dropout: bool = True
     dropout_rate: float = 0.25
     loss: str = "weighted_ce"

@@ -19,7 +19,7 @@ from torch import nn
 
 from napari_metseg.errors import ReadError
 from napari_metseg.losses import make_loss
-from napari_metseg.model import ModelConfig, build_model, save_model
+from napari_metseg.model import ModelConfig, build_model, load_model, save_model
 from napari_metseg.preprocess import PreprocessConfig
 from napari_metseg.saliency import CumulativeSaliency
 from napari_metseg.training.config import TrainConfig
@@ -56,7 +56,10 @@ class TrainingRun:
         self.out = Path(config.out_dir)
         self.model_config = model_config(config)
         torch.manual_seed(config.seed)
-        self.network = build_model(self.model_config).to(context.device)
+        self.network = build_model(self.model_config)
+        if config.init:
+            self._start_from(config.init)
+        self.network.to(context.device)
         self.model: nn.Module = self.network
         if context.distributed:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
@@ -72,6 +75,23 @@ class TrainingRun:
         self.best_score = -math.inf
         self.best_iteration = -1
         self.validations: list[dict[str, Any]] = []
+
+    def _start_from(self, path: str) -> None:
+        """Copy the weights of the model file ``path``; another architecture is refused.
+
+        Only weights come over: the optimiser, schedule and scores start
+        afresh, as for fine-tuning (a resume restores its checkpoint over them).
+        """
+        start = load_model(path)
+        if start.config != self.model_config:
+            ours, theirs = self.model_config.to_dict(), start.config.to_dict()
+            changed = sorted(key for key in ours if ours[key] != theirs.get(key))
+            wanted = ", ".join(f"{key}={theirs.get(key)!r}" for key in changed)
+            raise ReadError(
+                f"cannot start from {path}: its architecture differs from these settings "
+                f"({wanted} in the model)"
+            )
+        self.network.load_state_dict(start.state_dict())
 
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
