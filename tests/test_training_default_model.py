@@ -61,11 +61,21 @@ def test_bundled_model_records_its_training() -> None:
     training = description["metadata"]["training"]
     assert training["config"]["sequence_dropout"] is True
     assert training["config"]["decoder"] == description["model"]["decoder"]
+    assert not seen_phantom_seeds(training) & set(FRESH_SEEDS), "the test phantoms must be unseen"
+    assert "command" in description["metadata"]
+
+
+def seen_phantom_seeds(training: dict) -> set[int]:
+    """Phantom seeds a model's weights have seen, through the runs it started from."""
     config = training["config"]
     first = config["synthetic_seed"]
-    seen = range(first, first + config["synthetic_train"] + config["synthetic_val"])
-    assert not set(seen) & set(FRESH_SEEDS), "the test phantoms must be ones it never saw"
-    assert "command" in description["metadata"]
+    seen = set(range(first, first + config["synthetic_train"] + config["synthetic_val"]))
+    for spec in [*config["train"], *config["val"]]:
+        kind, _, seed = spec.partition(":")
+        if kind in ("phantom", "phantom-random"):
+            seen.add(int(seed))
+    parent = training.get("started_from", {}).get("training")
+    return seen | (seen_phantom_seeds(parent) if parent else set())
 
 
 @pytest.mark.slow

@@ -66,8 +66,9 @@ def test_a_run_can_start_from_a_model_file_of_the_same_architecture(tmp_path):
     carried_loss = pd.read_csv(carried.out_dir / "log.csv")["loss"].iloc[0]
     assert carried_loss < 0.7 * fresh_loss
     assert carried_loss < 1.5 * trained.iloc[-1]
-    recorded = model.load_model(carried.final_model).metadata["training"]["config"]
-    assert recorded["init"] == str(first.final_model)
+    recorded = model.load_model(carried.final_model).metadata["training"]
+    assert recorded["config"]["init"] == str(first.final_model)
+    assert recorded["started_from"]["training"]["config"]["iterations"] == 30
     with pytest.raises(ReadError, match="head_channels=256 in the model"):
         train(tiny(tmp_path / "d", init=str(first.final_model), head_channels=64, **settings))
 

@@ -57,6 +57,8 @@ class TrainingRun:
         self.model_config = model_config(config)
         torch.manual_seed(config.seed)
         self.network = build_model(self.model_config)
+        #: Metadata of the model file the run started from (its lineage), if any.
+        self.started_from: dict[str, Any] | None = None
         if config.init:
             self._start_from(config.init)
         self.network.to(context.device)
@@ -92,6 +94,7 @@ class TrainingRun:
                 f"({wanted} in the model)"
             )
         self.network.load_state_dict(start.state_dict())
+        self.started_from = start.metadata
 
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
@@ -137,6 +140,12 @@ class TrainingRun:
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     def save_model(self, path: Path, metadata: dict[str, Any]) -> None:
-        """A model file of the current weights; ``metadata`` joins the settings under ``training``."""
+        """A model file of the current weights; ``metadata`` joins the settings under ``training``.
+
+        A run started from another model records that model's metadata as
+        ``started_from``, so the file names every case its weights have seen.
+        """
         training = {"config": self.config.to_json(), **metadata}
+        if self.started_from is not None:
+            training["started_from"] = self.started_from
         save_model(self.network, path, {"training": training})
