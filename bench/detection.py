@@ -6,8 +6,9 @@ several times (default: the bundled model); every model sees the same cases.
 
 The cases. Seeds 31000, 31001, ... (the bundled models and the v5 candidate
 trained and validated on 1000-1053, 20000-20062 and 21000-21039; the tests
-and the sample case use 7, 777 and 778). Each case takes its generator settings (noise, bias, vessels, contrast jitter,
-thick-slice FLAIR, subtle and ring lesions) from
+and the sample case use 7, 777 and 778). Each case takes its generator
+settings (noise, bias, vessels, contrast jitter, thick-slice FLAIR, subtle
+and ring lesions) from
 :func:`~napari_metseg.phantom.randomised` of another seed (33000, 33001, ...),
 so the settings are a fresh draw too, and a voxel size of 1.2 mm (even cases)
 or 1.0 mm (odd ones) instead of the drawn one. Generating a case takes 10-20
