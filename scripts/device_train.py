@@ -35,6 +35,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         output_stride=int(env("STRIDE", "16")),
         decoder=env("DECODER", "plus"),
         head_channels=int(env("HEAD", "128")),
+        init=env("INIT") or None,
         lr=1e-3,
         iterations=6 if smoke else int(env("ITERATIONS", "6000")),
         batch_size=2 if smoke else int(env("BATCH", "32")),
