@@ -42,13 +42,13 @@ class ModelConfig:
     to the branches of ``mid`` and ``end``. ``output_stride`` (``None``: the
     backbone's default: 8 for ResNet-50, 16 for MobileNetV3) trades the
     features' resolution against time: MobileNetV3 at 8 keeps smaller lesions
-    but takes about three times as long (model v4's stride-16
-    weights run at 8 with the ASPP rates doubled found 28 and 30 of 39
-    lesions of 3-5 mm on ``bench/detection.py``'s phantoms, against 27 and 27
-    at 16, with and without ``bravo``, at 2.6 times the network time: too
-    little for the cost without retraining at 8). ``decoder``: ``none`` (the method's
-    DeepLabv3 head, logits at the output stride) or ``plus`` (the DeepLabv3+
-    decoder, logits at stride 4); files written before the option load as ``none``.
+    but takes about three times as long (model v4's stride-16 weights run at
+    8 with the ASPP rates doubled found 28 and 30 of 39 lesions of 3-5 mm on
+    ``bench/detection.py``'s phantoms, against 27 and 27 at 16, with and
+    without ``bravo``, at 2.6 times the network time: too little for the cost
+    without retraining at 8). ``decoder``: ``none`` (the method's DeepLabv3
+    head, logits at the output stride) or ``plus`` (the DeepLabv3+ decoder,
+    logits at stride 4); files written before the option load as ``none``.
     ``head_channels``: the width of the ASPP and of the DeepLabv3+ decoder
     (the method's 256). The decoder works at a quarter of the slice, where
     width costs most: on 2 CPU cores the light network with the decoder at 256
