@@ -19,7 +19,7 @@ from torch import nn
 
 from napari_metseg.errors import ReadError
 from napari_metseg.losses import make_loss
-from napari_metseg.model import ModelConfig, build_model, load_model, save_model
+from napari_metseg.model import MetsegNet, ModelConfig, build_model, load_model, save_model
 from napari_metseg.preprocess import PreprocessConfig
 from napari_metseg.saliency import CumulativeSaliency
 from napari_metseg.training.config import TrainConfig
@@ -56,11 +56,12 @@ class TrainingRun:
         self.out = Path(config.out_dir)
         self.model_config = model_config(config)
         torch.manual_seed(config.seed)
-        self.network = build_model(self.model_config)
         #: Metadata of the model file the run started from (its lineage), if any.
         self.started_from: dict[str, Any] | None = None
         if config.init:
-            self._start_from(config.init)
+            self.network = self._start_from(config.init)
+        else:
+            self.network = build_model(self.model_config)
         self.network.to(context.device)
         self.model: nn.Module = self.network
         if context.distributed:
@@ -78,8 +79,8 @@ class TrainingRun:
         self.best_iteration = -1
         self.validations: list[dict[str, Any]] = []
 
-    def _start_from(self, path: str) -> None:
-        """Copy the weights of the model file ``path``; another architecture is refused.
+    def _start_from(self, path: str) -> MetsegNet:
+        """The network of the model file ``path``; another architecture is refused.
 
         Only weights come over: the optimiser, schedule and scores start
         afresh, as for fine-tuning (a resume restores its checkpoint over them).
@@ -93,8 +94,10 @@ class TrainingRun:
                 f"cannot start from {path}: its architecture differs from these settings "
                 f"({wanted} in the model)"
             )
-        self.network.load_state_dict(start.state_dict())
-        self.started_from = start.metadata
+        # The lineage goes under ``started_from`` only: left on the network,
+        # save_model would pass the parent's command and path off as this run's.
+        self.started_from, start.metadata = start.metadata, {}
+        return start
 
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
