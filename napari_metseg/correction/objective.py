@@ -89,7 +89,15 @@ look-alikes of the painted lesions rose elsewhere; with only the band's base
 candidates held at 0.05-0.2 of its weight, 2-4 of 4 went and false positives
 >= 10 mm^3 fell from 5.75 to 2.75-3.5 per case, but a lesion the base found
 was lost, a 1-voxel one at p 0.14, 0.07 after: the benchmark's target is
-never to lose one).
+never to lose one). Holding the base candidates harder costs the painted
+lesions instead: with the CPU-trained v5 candidate (``models/default/TRAINING.md``),
+which lost one found 1-voxel lesion (p 0.117 to 0.09) in two profiles,
+charging the band's base candidates by their own mean besides the band's
+(each weighing a few hundred band cells) kept every found lesion at a weight
+of 20 or 100, but the rounds then sprouted specks where they had let faint
+candidates shrink, the trust region refused 4-13 of 17 rounds, and painted
+lesions found fell from 2/7, 3/7 and 5/15 (tiny, large, five rounds) to
+1/7, 2/7, 4/15 (20) and 0/7, 1/7, 3/15 (100).
 The workbench shows every mark whatever the model learns
 (:mod:`~napari_metseg.correction.annotation`).
 """
