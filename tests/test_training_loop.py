@@ -73,6 +73,24 @@ def test_a_run_can_start_from_a_model_file_of_the_same_architecture(tmp_path):
         train(tiny(tmp_path / "d", init=str(first.final_model), head_channels=64, **settings))
 
 
+def test_mixed_precision_on_a_cpu_is_bfloat16_where_its_kernels_are_native(tmp_path, monkeypatch):
+    from napari_metseg.training.run import mixed_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert mixed_precision(True, cpu) is None  # emulated bf16 is slower than float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert mixed_precision(True, cpu) == torch.bfloat16
+    assert mixed_precision(False, cpu) is None
+    assert mixed_precision(True, torch.device("cuda")) == torch.float16
+    result = train(tiny(tmp_path, iterations=40, log_interval=10, val_interval=40))
+    log = pd.read_csv(result.out_dir / "log.csv")
+    assert log["loss"].iloc[-1] < 0.7 * log["loss"].iloc[0]
+    weights = model.load_model(result.final_model).state_dict().values()
+    assert {t.dtype for t in weights if t.is_floating_point()} == {torch.float32}
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_mixed_precision_on_cuda_learns_and_saves_a_cpu_loadable_model(tmp_path):

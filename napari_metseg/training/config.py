@@ -58,16 +58,17 @@ class TrainConfig:
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in
-    background labels); ``censor_rate`` / ``censor_mode`` applied to the
-    training and validation truth; lesion slices ``oversample`` times as
-    likely, and with ``size_aware_sampling`` more so the smaller their
-    smallest lesion (:mod:`napari_metseg.training.sampling`); ``flip`` left-right augmentation; AdamW with ``lr`` and
-    ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
-    ``batch_size`` slices per process; validation every ``val_interval``
-    iterations with only ``val_sequences`` present (empty: all); ``seed``;
-    ``device``; ``amp`` (mixed precision, CUDA only); ``out_dir`` for logs and
-    checkpoints; ``resume`` from its checkpoint; ``log_interval`` iterations
-    per CSV row.
+    background labels); ``censor_rate`` / ``censor_mode`` applied to the training and
+    validation truth; lesion slices ``oversample`` times as likely, and with
+    ``size_aware_sampling`` more so the smaller their smallest lesion
+    (:mod:`napari_metseg.training.sampling`); ``flip`` left-right augmentation; AdamW
+    with ``lr`` and ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
+    ``batch_size`` slices per process; validation every ``val_interval`` iterations with
+    only ``val_sequences`` present (empty: all); ``seed``; ``device``; ``amp`` (mixed
+    precision: float16 on CUDA, bfloat16 on a CPU with native bf16 kernels,
+    :func:`~napari_metseg.training.run.mixed_precision`); ``out_dir`` for logs and
+    checkpoints; ``resume`` from its checkpoint; ``log_interval`` iterations per CSV
+    row.
     """
 
     train: tuple[str, ...] = ()

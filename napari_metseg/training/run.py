@@ -47,6 +47,25 @@ def model_config(config: TrainConfig) -> ModelConfig:
     )
 
 
+def mixed_precision(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in when training on ``device``; None: float32.
+
+    float16 (with the gradient scaler) on CUDA; bfloat16 on a CPU with native
+    bf16 kernels (AVX-512 BF16 or AMX): a step of the bundled architecture
+    (batch 16, 256 px, channels-last, 2 cores) took 0.77 s instead of 1.5 s. A
+    CPU without them would emulate bf16 slower than float32, and MPS stays float32.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    ):
+        return torch.bfloat16
+    return None
+
+
 class TrainingRun:
     """The mutable state of one run: network (DDP-wrapped as ``model``), optimiser, scores."""
 
@@ -62,7 +81,9 @@ class TrainingRun:
             self.network = self._start_from(config.init)
         else:
             self.network = build_model(self.model_config)
-        self.network.to(context.device)
+        # Channels-last: a CPU training step of the bundled architecture (batch 16,
+        # 256 px, 2 cores) took 1.5 s instead of 2.1-3.0 s; cuDNN's tensor cores prefer it.
+        self.network.to(context.device, memory_format=torch.channels_last)
         self.model: nn.Module = self.network
         if context.distributed:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
@@ -70,8 +91,8 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.use_amp = config.amp and context.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = mixed_precision(config.amp, context.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss = make_loss(config.loss, config.alpha, config.beta)
         self.saliency = CumulativeSaliency(tuple(config.sequences), config.context)
         self.iteration = 0

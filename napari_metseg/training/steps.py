@@ -63,9 +63,11 @@ def train_step(
         )
     else:
         inputs = apply_presence(inputs, presence)
-    inputs.requires_grad_(True)
+    inputs = inputs.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     run.model.train()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=run.use_amp):
+    with torch.autocast(
+        device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None
+    ):
         logits = run.model(inputs)
     loss = run.loss(logits.float(), target)
     if config.sharing == "l2_tied":
