@@ -27,6 +27,7 @@ if not hasattr(model, "build_model"):
 
 from napari_metseg.training.config import TrainConfig  # noqa: E402
 from napari_metseg.training.loop import train  # noqa: E402
+from napari_metseg.training.run import mixed_precision  # noqa: E402
 
 TINY = {
     "synthetic_train": 2,
@@ -74,8 +75,6 @@ def test_a_run_can_start_from_a_model_file_of_the_same_architecture(tmp_path):
 
 
 def test_mixed_precision_on_a_cpu_is_bfloat16_where_its_kernels_are_native(tmp_path, monkeypatch):
-    from napari_metseg.training.run import mixed_precision
-
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
