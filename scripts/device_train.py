@@ -26,7 +26,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
     return TrainConfig(
         synthetic_train=2 if smoke else cases,
         synthetic_val=1 if smoke else max(2, cases // 8),
-        synthetic_seed=20000,
+        synthetic_seed=int(env("SEED", "20000")),
         phantom_randomise=True,
         size_aware_sampling=True,
         workers=os.cpu_count() or 1,
@@ -36,7 +36,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         decoder=env("DECODER", "plus"),
         head_channels=int(env("HEAD", "128")),
         init=env("INIT") or None,
-        lr=1e-3,
+        lr=float(env("LR", "1e-3")),
         iterations=6 if smoke else int(env("ITERATIONS", "6000")),
         batch_size=2 if smoke else int(env("BATCH", "32")),
         val_interval=3 if smoke else int(env("VAL_INTERVAL", "500")),

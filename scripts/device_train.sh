@@ -14,6 +14,8 @@
 # Settings by environment: PYTHON (python3), DECODER (plus), HEAD (128: the
 # width of the ASPP and decoder), STRIDE (16), INIT (a model to start from,
 # e.g. default: the bundled model's weights; its architecture must match),
+# LR (1e-3: the peak of the poly schedule), SEED (20000: the first phantom's;
+# the validation phantoms follow the training ones),
 # ITERATIONS (6000: the poly schedule's length; the time limit may stop it
 # first), BATCH (32), VAL_INTERVAL (500), CASES (48 training + 6 validation
 # phantoms; 56 + 7 took 163 s on 16 cores). On an H200 a step of 32 slices
@@ -44,7 +46,7 @@ started=$(date +%s)
 "$PY" scripts/device_train.py "$SMOKE" "$LIMIT" "$RUN" 2>&1 | tee "$OUT/train.log"
 cp "$RUN/log.csv" "$OUT/log.csv" 2>/dev/null || true
 settings=""
-for name in TOTAL ITERATIONS BATCH VAL_INTERVAL CASES DECODER HEAD STRIDE INIT; do
+for name in TOTAL ITERATIONS BATCH VAL_INTERVAL CASES SEED LR DECODER HEAD STRIDE INIT; do
     [[ -n ${!name:-} ]] && settings+="$name=${!name} "
 done
 "$PY" scripts/bundle_model.py "$RUN" "${settings}bash scripts/device_train.sh $*" "$OUT/model"
