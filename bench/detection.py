@@ -5,7 +5,8 @@ Usage: ``python -m bench.detection [--model PATH ...] [--cases 8] [--threads 2]
 several times (default: the bundled model); every model sees the same cases.
 
 The cases. Seeds 31000, 31001, ... (the bundled models and the v5 and v6
-candidates trained and validated on 1000-1053, 20000-20062 and 21000-21087; the tests
+candidates trained and validated on 1000-1053, 20000-20062, 21000-21087,
+22000-22071 and 22100-22171; the tests
 and the sample case use 7, 777 and 778). Each case takes its generator
 settings (noise, bias, vessels, contrast jitter, thick-slice FLAIR, subtle
 and ring lesions) from
@@ -71,7 +72,7 @@ HIGH_THRESHOLD = 0.5
 FP_MIN_VOLUME_MM3 = 10.0
 SEQUENCE_SETS = {"all four": (), "without bravo": ("bravo",)}
 #: Seeds that trained, validated or test the bundled models; the bench must avoid them.
-USED_SEEDS = {*range(1000, 1054), *range(20000, 20063), *range(21000, 21088), *range(22000, 22064), 7, 777, 778}
+USED_SEEDS = {*range(1000, 1054), *range(20000, 20063), *range(21000, 21088), *range(22000, 22072), *range(22100, 22172), 7, 777, 778}
 CACHE_DIR = Path(tempfile.gettempdir()) / "metseg-bench-detection"
 
 

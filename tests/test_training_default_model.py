@@ -60,11 +60,24 @@ def segmenter():
 
 def test_bundled_model_records_its_training() -> None:
     description = read_model_description(None)
-    training = description["metadata"]["training"]
-    assert training["config"]["sequence_dropout"] is True
-    assert training["config"]["decoder"] == description["model"]["decoder"]
-    assert not seen_phantom_seeds(training) & set(FRESH_SEEDS), "the test phantoms must be unseen"
-    assert "command" in description["metadata"]
+    records = training_records(description["metadata"])
+    assert records, "the bundled model must record how it was trained"
+    for training in records:
+        assert training["config"]["sequence_dropout"] is True
+        assert training["config"]["decoder"] == description["model"]["decoder"]
+        assert not seen_phantom_seeds(training) & set(FRESH_SEEDS), (
+            "the test phantoms must be unseen"
+        )
+    assert "command" in description["metadata"] or "average" in description["metadata"]
+
+
+def training_records(metadata: dict) -> list[dict]:
+    """The training records of a model: its own, or each member's of a weight average
+    (``scripts/average_models.py``)."""
+    if "average" in metadata:
+        members = metadata["average"]["members"].values()
+        return [record for member in members for record in training_records(member)]
+    return [metadata["training"]] if "training" in metadata else []
 
 
 def seen_phantom_seeds(training: dict) -> set[int]:
