@@ -72,7 +72,16 @@ HIGH_THRESHOLD = 0.5
 FP_MIN_VOLUME_MM3 = 10.0
 SEQUENCE_SETS = {"all four": (), "without bravo": ("bravo",)}
 #: Seeds that trained, validated or test the bundled models; the bench must avoid them.
-USED_SEEDS = {*range(1000, 1054), *range(20000, 20063), *range(21000, 21088), *range(22000, 22072), *range(22100, 22172), 7, 777, 778}
+USED_SEEDS = {
+    *range(1000, 1054),
+    *range(20000, 20063),
+    *range(21000, 21088),
+    *range(22000, 22072),
+    *range(22100, 22172),
+    7,
+    777,
+    778,
+}
 CACHE_DIR = Path(tempfile.gettempdir()) / "metseg-bench-detection"
 
 

@@ -1,9 +1,10 @@
 """The bundled default model on phantoms it never saw, on the CPU.
 
-The default model was trained on randomised phantoms with seeds 20000-20062
-(the exact run is in ``napari_metseg/models/default/TRAINING.md``; a model
-made with ``metseg train --init`` also counts the seeds of the model it
-started from); seeds 777 and 778 are outside that range and use the
+The default model is the weight average of two models trained on randomised
+phantoms with seeds 20000-20062 and 22000-22071 (the exact runs are in
+``napari_metseg/models/default/TRAINING.md``; a model made with ``metseg
+train --init`` also counts the seeds of the model it started from, an average
+those of its members); seeds 777 and 778 are outside that range and use the
 generator's default settings at 1.5 mm with lesions of every size (down to
 single voxels).
 
@@ -12,19 +13,19 @@ What this pins, by running the model, with all four sequences and without
 lesion; size = the truth lesion's longest diameter):
 
 - Every lesion of 10 mm or more is found (the issue's target).
-- At least 80% of the lesions of 3-10 mm are found. The shipped model finds
-  8 and 10 of 10; model v1 found 2 and 5 of 10, so this fails for a
-  network that only sees large lesions.
+- At least 90% of the lesions of 3-10 mm are found (the issue's target). The
+  shipped model finds 10 and 10 of 10 (v4: 8 and 10; v1 2 and 5, so this
+  fails for a network that only sees large lesions).
 - Few false alarms: at most 3 false-positive components of 10 mm^3 or more
-  per case at p >= 0.5 (the shipped model: 0.5 and 0.5), and at most 8 in
-  the p >= 0.10 map the plugin draws (the shipped model: 3.5 and 4.5; model
-  v2 drew 16 with all four sequences).
+  per case at p >= 0.5 (the shipped model: 0.5 and 0.5), and at most 5 in
+  the p >= 0.10 map the plugin draws (the shipped model: 4.0 and 1.5; v4 3.5
+  and 4.5; v2 drew 16 with all four sequences).
 - The network ranks lesion voxels above the rest of the head (voxel ROC AUC of
   at least 0.95; a random network scores about 0.5).
 - The files load without unpickling and record how they were made.
 
 Lesions under 3 mm (one or two voxels at 1.5 mm) carry no bar: the model finds
-3 and 4 of 9 (TRAINING.md).
+4 and 5 of 9 (TRAINING.md).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ FRESH_SEEDS = (777, 778)
 CANDIDATE_THRESHOLD = 0.10
 FP_THRESHOLD = 0.5
 SIZE_EDGES_MM = (3.0, 10.0)
-MIN_SENSITIVITY = {"3-10 mm": 0.8, ">= 10 mm": 1.0}
+MIN_SENSITIVITY = {"3-10 mm": 0.9, ">= 10 mm": 1.0}
 MIN_AUC = 0.95
 FP_MIN_VOLUME_MM3 = 10.0
 MAX_FALSE_POSITIVES_PER_CASE = 3.0
-MAX_FAINT_FALSE_POSITIVES_PER_CASE = 8.0
+MAX_FAINT_FALSE_POSITIVES_PER_CASE = 5.0
 
 
 @pytest.fixture(scope="module")
