@@ -5,8 +5,9 @@ Usage: ``.venv/bin/python scripts/average_models.py DEST NAME=MODEL [NAME=MODEL 
 twice. The float32 state dicts are averaged uniformly, batch-norm statistics
 included, which is sound only for models fine-tuned from a common ancestor:
 they share a loss basin, so their average is a model too (Wortsman et al.
-2022), and on the detection bench it drew fewer faint false positives than
-any member. DEST gets the float16 weights and a description whose metadata
+2022). The bundled v7 is one: v4 and its GPU continuation, with most of the
+continuation's sensitivity and about v4's faint false positives (TRAINING.md).
+DEST gets the float16 weights and a description whose metadata
 keep each member's own training record under ``average.members``.
 """
 
