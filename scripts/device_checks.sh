@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks of a lent device machine in one command (see /work/.library/device):
-# CUDA tests, the inference benchmark and the correction-loop benchmark in full mode.
+# CUDA tests, the inference benchmark and the correction-loop benchmark in both modes.
 #
 #   OUT=/some/folder bash scripts/device_checks.sh        # everything
 #   OUT=/some/folder bash scripts/device_checks.sh e2e    # ResNet-50 case end to end only (~1 min)
 #
 # Needs the cp312 wheels of the core's missing dependencies in .whl/ (nibabel,
 # nilearn, connected-components-3d, isal) unless python3 already has them.
-# Writes cuda_tests.txt, bench_inference.txt and bench_correction.txt to $OUT
+# Writes cuda_tests.txt, bench_inference.txt and bench_correction_{full,fast}.txt to $OUT
 # (e2e: bench_e2e.txt, the stage table of the all-positive random ResNet-50 and
 # of the same network made sparse, with their TFLOP/s, foreground and lesions).
 set -uo pipefail
@@ -30,6 +30,10 @@ timeout 70 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_torchprep
     tests/test_training_loop.py 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt"
 timeout 130 python3 -m bench.inference --device cuda --repeat 2 --cohort 12 --no-cli 2>&1 | grep -v INFO \
     | tee "$OUT/bench_inference.txt"
-timeout 120 python3 -m bench.correction_loop --device cuda --mode full --cases 2 \
-    --profiles tiny,wrong_undo,five --variants lopsided 2>&1 | grep -v INFO \
-    | tee "$OUT/bench_correction.txt"
+# Both modes on the same cases: which one `auto` should pick on a GPU (stop 27: full
+# refused the tiny dabs that fast mode on the CPU took; fast mode on CUDA is untimed).
+for mode in full fast; do
+    timeout 120 python3 -m bench.correction_loop --device cuda --mode $mode --cases 2 \
+        --profiles tiny,wrong_undo,five --variants lopsided 2>&1 | grep --line-buffered -v INFO \
+        | tee "$OUT/bench_correction_$mode.txt"
+done
