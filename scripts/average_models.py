@@ -26,6 +26,8 @@ def main() -> None:
     destination, pairs = Path(sys.argv[1]), [arg.split("=", 1) for arg in sys.argv[2:]]
     if not pairs or any(len(pair) != 2 for pair in pairs):
         raise SystemExit(__doc__)
+    if len({name for name, _ in pairs}) != len({tuple(pair) for pair in pairs}):
+        raise SystemExit("each NAME must name one model")
     models = {name: load_model(path) for name, path in dict(pairs).items()}
     counts = Counter(name for name, _ in pairs)
     total = sum(counts.values())
