@@ -26,7 +26,8 @@ within 1 mm, METHOD.md):
 - mAP; false-positive components of at least 10 mm^3 per case in the map the
   plugin draws (p >= 0.10) and at p >= 0.5;
 - Dice of found lesions (each detected truth lesion against the candidates
-  that hit it) and the median ratio of their volumes (candidates / truth);
+  that hit it) and the median ratio of their volumes (candidates / truth),
+  over all of them and per size stratum;
 - mean network seconds and whole-case seconds per case (pre-processing,
   network, restore to the case grid and the lesion table).
 
@@ -47,6 +48,7 @@ from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
@@ -58,6 +60,7 @@ from napari_metseg.metrics import (
     evaluate_case,
     evaluate_dataset,
     false_positive_components,
+    sensitivity_by_size,
 )
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, randomised
@@ -156,12 +159,13 @@ def run_case(
     return evaluation, high_fp, result.info.seconds, whole
 
 
-def volume_ratios(evaluation: CaseEvaluation) -> np.ndarray:
-    """Predicted / true volume of each found lesion (its hitting candidates together)."""
+def found_lesions(evaluation: CaseEvaluation) -> pd.DataFrame:
+    """The found truth lesions with their Dice and ``ratio``: predicted / true volume (the
+    candidates that hit a lesion together)."""
     hits = evaluation.candidates[evaluation.candidates["is_tp"]]
     predicted = hits.groupby("lesion")["volume_mm3"].sum()
-    truth = evaluation.lesions.set_index("lesion")["volume_mm3"]
-    return (predicted / truth.loc[predicted.index]).to_numpy(float)
+    found = evaluation.lesions[evaluation.lesions["detected"]].set_index("lesion")
+    return found.assign(ratio=predicted / found["volume_mm3"])
 
 
 def summary_row(
@@ -172,18 +176,35 @@ def summary_row(
     row = {"model": label, "sequences": sequences, "lesions": str(pooled.n_lesions)}
     for stratum in pooled.size_sensitivity.itertuples():
         row[f"{stratum.stratum}"] = f"{stratum.detected}/{stratum.lesions}"
-    found = [e.lesions.loc[e.lesions["detected"], "dice"] for e in evaluations]
-    found_dice = np.concatenate([f.to_numpy(float) for f in found])
-    ratios = np.concatenate([volume_ratios(e) for e in evaluations])
+    found = pd.concat([found_lesions(e) for e in evaluations])
     row |= {
         "mAP": f"{pooled.average_precision:.2f}",
         "FP/case@.10": f"{pooled.false_positives_min_volume_per_case:.1f}",
         "FP/case@.5": f"{np.mean([run[1] for run in runs]):.1f}",
-        "found Dice": f"{np.mean(found_dice):.2f}" if found_dice.size else "-",
-        "vol ratio": f"{np.median(ratios):.2f}" if ratios.size else "-",
+        "found Dice": f"{found['dice'].mean():.2f}" if len(found) else "-",
+        "vol ratio": f"{found['ratio'].median():.2f}" if len(found) else "-",
         "net s": f"{np.mean([run[2] for run in runs]):.2f}",
         "case s": f"{np.mean([run[3] for run in runs]):.2f}",
     }
+    return row
+
+
+def size_quality_row(
+    label: str, sequences: str, runs: list[tuple[CaseEvaluation, int, float, float]]
+) -> dict[str, str]:
+    """Dice and median volume ratio of the found lesions per size stratum: where the overall
+    numbers come from (v7: 0.83 for lesions of 10 mm and more, 0.40 for 3-5 mm ones)."""
+    found = pd.concat([found_lesions(run[0]) for run in runs])
+    strata = np.searchsorted(SIZE_EDGES_MM, found["diameter_mm"].to_numpy(float), side="right")
+    names = sensitivity_by_size([], [], SIZE_EDGES_MM)["stratum"]
+    row = {"model": label, "sequences": sequences}
+    for index, name in enumerate(names):
+        part = found[strata == index]
+        row[f"{name}: Dice, ratio"] = (
+            f"{part['dice'].mean():.2f}, {part['ratio'].median():.1f} ({len(part)})"
+            if len(part)
+            else "-"
+        )
     return row
 
 
@@ -227,14 +248,17 @@ def main() -> None:
         f"settings drawn from seeds {seeds[0] + SETTINGS_SEED_OFFSET}-"
         f"{seeds[-1] + SETTINGS_SEED_OFFSET}; size = longest diameter of the truth lesion"
     )
-    rows, sample = [], {}
+    rows, quality, sample = [], [], {}
     for path in models:
         segmenter = Segmenter(load_model(path), "cpu")
         for sequences, switched_off in SEQUENCE_SETS.items():
             runs = [run_case(segmenter, case, switched_off) for case in cases]
             rows.append(summary_row(path, sequences, runs))
+            quality.append(size_quality_row(path, sequences, runs))
         sample[path] = sample_network_seconds(segmenter, args.repeat)
     print_table(rows)
+    print("\nfound lesions per size: mean Dice, median volume ratio (found)")
+    print_table(quality)
     for path, seconds in sample.items():
         print(
             f"sample case (seed {SAMPLE_SEED}, {SAMPLE_SPACING} mm), network s, best of "
