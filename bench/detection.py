@@ -6,7 +6,7 @@ several times (default: the bundled model); every model sees the same cases.
 
 The cases. Seeds 31000, 31001, ... (the bundled models, their members and the
 v5, v6 and v7h candidates trained and validated on 1000-1053, 20000-20062,
-21000-21087, 22000-22071 and 22100-22171; the tests and the sample case use
+21000-21087, 22000-22071, 22100-22171 and 24000-24071; the tests and the sample case use
 7, 777 and 778). Each case takes its generator
 settings (noise, bias, vessels, contrast jitter, thick-slice FLAIR, subtle
 and ring lesions) from
@@ -81,6 +81,7 @@ USED_SEEDS = {
     *range(21000, 21088),
     *range(22000, 22072),
     *range(22100, 22172),
+    *range(24000, 24072),
     7,
     777,
     778,

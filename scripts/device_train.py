@@ -27,6 +27,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         synthetic_train=2 if smoke else cases,
         synthetic_val=1 if smoke else max(2, cases // 8),
         synthetic_seed=int(env("SEED", "20000")),
+        cache_dir=env("CACHE") or None,
         phantom_randomise=True,
         size_aware_sampling=True,
         workers=os.cpu_count() or 1,
