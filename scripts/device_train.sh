@@ -13,9 +13,9 @@
 #   join: cat model.safetensors.part-* > model.safetensors), log.csv, train.log.
 # Settings by environment: PYTHON (python3), DECODER (plus), HEAD (128: the
 # width of the ASPP and decoder), STRIDE (16), INIT (a model to start from,
-# e.g. default: the bundled model's weights; its architecture must match, or be
-# plus for DECODER=fine), CACHE (a folder for the prepared phantoms: a second
-# run with the same CASES and SEED reads them instead of preparing them again),
+# e.g. default: the bundled model's weights; its architecture must match),
+# CACHE (a folder for the prepared phantoms: a second run with the same CASES
+# and SEED reads them instead of preparing them again),
 # LR (1e-3: the peak of the poly schedule), SEED (20000: the first phantom's;
 # the validation phantoms follow the training ones),
 # ITERATIONS (6000: the poly schedule's length; the time limit may stop it

@@ -41,17 +41,8 @@ def with_random_statistics(model: nn.Module) -> nn.Module:
         ModelConfig(
             backbone="resnet50", integration="subtraction", decoder="plus", preprocess=SMALL
         ),
-        ModelConfig(decoder="fine", integration="mid", preprocess=SMALL),
-        ModelConfig(backbone="resnet50", decoder="fine", preprocess=SMALL),
     ],
-    ids=[
-        "light-plus",
-        "light-os8-mid",
-        "resnet50-end",
-        "resnet50-subtraction-plus",
-        "light-mid-fine",
-        "resnet50-fine",
-    ],
+    ids=["light-plus", "light-os8-mid", "resnet50-end", "resnet50-subtraction-plus"],
 )
 def test_folded_copy_computes_the_same_logits_without_batch_norms(config) -> None:
     torch.manual_seed(0)

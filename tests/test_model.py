@@ -11,7 +11,6 @@ import torch
 
 from napari_metseg.errors import ModelFileError
 from napari_metseg.model import (
-    DECODERS,
     Features,
     ModelConfig,
     build_model,
@@ -58,7 +57,7 @@ def test_variant_forward_backward_and_file_round_trip(integration, sharing, tmp_
         torch.testing.assert_close(loaded(x), model(x))
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("decoder", ["none", "plus"])
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
 def test_forward_is_decode_of_context_of_features(integration, sharing, decoder) -> None:
     torch.manual_seed(0)
@@ -72,11 +71,7 @@ def test_forward_is_decode_of_context_of_features(integration, sharing, decoder)
         context = model.context(features)
         torch.testing.assert_close(model.decode(context), model(x), rtol=0, atol=0)
         assert features.size == context.size == (40, 48)
-        assert (features.low is not None) == (decoder != "none")
-        assert (features.fine is not None) == (decoder == "fine")
-        # logits come at stride 16 (DeepLabv3's 3x3 conv at the ASPP's stride), 4 or 2
-        cells = {"none": (3, 3), "plus": (10, 12), "fine": (20, 24)}[decoder]
-        assert model.decode_cells(context).shape[-2:] == cells
+        assert (features.low is not None) == (decoder == "plus")
         # what a fine-tuning cache does: chunks joined, draws stacked, a sub-batch picked
         chunks = Features.cat([model.context(model.features(part)) for part in (x[:2], x[2:])])
         stacked = Features.stack([chunks, context])
@@ -94,7 +89,7 @@ def test_forward_is_decode_of_context_of_features(integration, sharing, decoder)
         )
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("decoder", ["none", "plus"])
 @pytest.mark.parametrize(("integration", "sharing"), VARIANTS)
 def test_decoder_parameters_are_exactly_those_downstream_of_context(
     integration, sharing, decoder
@@ -134,17 +129,15 @@ def test_model_file_loads_under_its_old_tensor_names(tmp_path) -> None:
         torch.testing.assert_close(loaded[name], tensor.to(loaded[name].dtype))
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("decoder", ["none", "plus"])
 def test_head_channels_set_the_width_of_the_head_and_travel_with_the_file(
     tmp_path, decoder
 ) -> None:
     config = ModelConfig(backbone="light", decoder=decoder, head_channels=24, preprocess=SMALL)
     model = build_model(config).eval()
     widths = {m.out_channels for m in model.classifier.modules() if isinstance(m, torch.nn.Conv2d)}
-    # plus: the stride-4 features reduced to 48, and the depthwise pass over both joined (72);
-    # fine: besides, the stride-4 output projected to 32, the stride-2 features to 16, joined
-    extra = {"none": set(), "plus": {48, 72}, "fine": {48, 72, 32, 16}}[decoder]
-    assert widths == {24, 2} | extra
+    # plus: the stride-4 features reduced to 48, and the depthwise pass over both joined (72)
+    assert widths == {24, 2} | ({48, 72} if decoder == "plus" else set())
     with torch.no_grad():
         assert model(torch.rand(1, config.in_channels, 32, 32)).shape == (1, 2, 32, 32)
     assert read_model_config(save_model(model, tmp_path / "model")).head_channels == 24

@@ -27,7 +27,7 @@ if not hasattr(model, "build_model"):
 
 from napari_metseg.training.config import TrainConfig  # noqa: E402
 from napari_metseg.training.loop import train  # noqa: E402
-from napari_metseg.training.run import grow, mixed_precision  # noqa: E402
+from napari_metseg.training.run import mixed_precision  # noqa: E402
 
 TINY = {
     "synthetic_train": 2,
@@ -72,28 +72,6 @@ def test_a_run_can_start_from_a_model_file_of_the_same_architecture(tmp_path):
     assert recorded["started_from"]["training"]["config"]["iterations"] == 30
     with pytest.raises(ReadError, match="head_channels=256 in the model"):
         train(tiny(tmp_path / "d", init=str(first.final_model), head_channels=64, **settings))
-
-
-def test_a_plus_model_starts_a_fine_one_with_all_it_has(tmp_path):
-    plus = train(tiny(tmp_path / "a", decoder="plus", iterations=5, val_interval=5))
-    settings = {"iterations": 2, "log_interval": 1, "val_interval": 2}
-    fine = train(tiny(tmp_path / "b", decoder="fine", init=str(plus.final_model), **settings))
-    before = model.load_model(plus.final_model).state_dict()
-    after = model.load_model(fine.final_model)
-    assert after.config.decoder == "fine"
-    assert after.metadata["training"]["started_from"]["training"]["config"]["decoder"] == "plus"
-    started = model.build_model(after.config)  # what the run began with, before its 2 steps
-    grown = grow(model.load_model(plus.final_model), after.config).state_dict()
-    kept = [name for name in grown if name in before and before[name].shape == grown[name].shape]
-    assert "backbone.0.0.weight" in kept and "classifier.aspp.project.0.weight" in kept
-    for name in kept:
-        torch.testing.assert_close(grown[name], before[name])
-    new = set(grown) - set(kept)
-    assert new and all(name.startswith("classifier.") for name in new)
-    assert "classifier.classify.weight" in new  # 48 channels in, not plus's 128
-    assert set(grown) == set(started.state_dict())
-    with pytest.raises(ReadError, match="decoder='fine' in the model"):
-        train(tiny(tmp_path / "c", decoder="plus", init=str(fine.final_model), **settings))
 
 
 def test_mixed_precision_on_a_cpu_is_bfloat16_where_its_kernels_are_native(tmp_path, monkeypatch):

@@ -25,10 +25,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "--sharing": ("sharing", "branch weights for mid/end: shared, independent, l2_tied"),
     "--backbone": ("backbone", "backbone of the network"),
     "--output-stride": ("output_stride", "backbone output stride (light: 16 or 8)"),
-    "--decoder": (
-        "decoder",
-        "none (DeepLabv3, the method's), plus (DeepLabv3+), fine (+ stride 2)",
-    ),
+    "--decoder": ("decoder", "none (DeepLabv3, the method's) or plus (DeepLabv3+)"),
     "--head-channels": ("head_channels", "width of the ASPP and decoder (the method's 256)"),
     "--init": ("init", "model to start from (folder, file or 'default') instead of random weights"),
     "--dropout": ("sequence_dropout", "sequence dropout on or off (true / false)"),

@@ -25,14 +25,12 @@ from napari_metseg.model.backbones import (
     resnet50,
 )
 from napari_metseg.model.config import SUBTRACTION_PAIR, ModelConfig
-from napari_metseg.model.heads import Features, FineHead, PlainHead, PlusHead
+from napari_metseg.model.heads import Features, PlainHead, PlusHead
 
 #: Feature channels at the output of each backbone.
 _FEATURES = {"resnet50": 2048, "mobilenet_v3_large": 960}
 #: The stride-4 layer of each backbone the DeepLabv3+ decoder reads, and its channels.
 _LOW_LEVEL = {"resnet50": ("layer1", 256), "mobilenet_v3_large": ("3", 24)}
-#: The stride-2 layer of each backbone the ``fine`` decoder reads, and its channels.
-_FINE_LEVEL = {"resnet50": ("relu", 64), "mobilenet_v3_large": ("1", 16)}
 #: Top-level modules renamed since model files were first written: old state-dict
 #: prefix -> current (the ASPP head was called ``head`` in the first model files).
 _RENAMED = {"head.": "classifier."}
@@ -43,13 +41,12 @@ BATCHNORM_MOMENTUM = 0.1
 _MOBILENET_OS16_BLOCK = 7
 
 
-def _backbone(name: str, in_channels: int, output_stride: int, decoder: str) -> nn.Module:
+def _backbone(name: str, in_channels: int, output_stride: int, low_level: bool) -> nn.Module:
     """A dilated feature extractor returning ``{"out": features}``; random weights.
 
     Output stride 8 or 16 changes strides and dilations only, never the
-    parameters, so both read the same weights. The DeepLabv3+ decoders add
-    the stride-4 features as ``"low"``; the ``fine`` one the stride-2
-    features as ``"fine"`` too.
+    parameters, so both read the same weights. ``low_level`` adds the
+    stride-4 features as ``"low"`` (for the DeepLabv3+ decoder).
     """
     if name == "resnet50":
         backbone = resnet50(in_channels)
@@ -57,10 +54,8 @@ def _backbone(name: str, in_channels: int, output_stride: int, decoder: str) -> 
         backbone = mobilenet_v3_large(in_channels)
         if output_stride == 8:
             _mobilenet_output_stride_8(backbone)
-    if decoder != "none":
+    if low_level:
         backbone.return_layers[_LOW_LEVEL[name][0]] = "low"
-    if decoder == "fine":
-        backbone.return_layers[_FINE_LEVEL[name][0]] = "fine"
     _zero_init_residuals(backbone)
     return backbone
 
@@ -147,7 +142,9 @@ class MetsegNet(nn.Module):
 
     def _backbone(self, in_channels: int) -> nn.Module:
         config = self.config
-        return _backbone(config.backbone, in_channels, config.output_stride, config.decoder)
+        return _backbone(
+            config.backbone, in_channels, config.output_stride, config.decoder == "plus"
+        )
 
     def _classifier(self, n_sequences: int) -> nn.Module:
         """The head for features of ``n_sequences`` sequences side by side."""
@@ -155,11 +152,12 @@ class MetsegNet(nn.Module):
         features = _FEATURES[config.backbone] * n_sequences
         if config.decoder == "none":
             return PlainHead(features, config.num_classes, channels=config.head_channels)
-        low = _LOW_LEVEL[config.backbone][1] * n_sequences
-        if config.decoder == "plus":
-            return PlusHead(features, low, config.num_classes, config.head_channels)
-        fine = _FINE_LEVEL[config.backbone][1] * n_sequences
-        return FineHead(features, low, fine, config.num_classes, config.head_channels)
+        return PlusHead(
+            features,
+            _LOW_LEVEL[config.backbone][1] * n_sequences,
+            config.num_classes,
+            config.head_channels,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.context(self.features(x)))
@@ -176,30 +174,32 @@ class MetsegNet(nn.Module):
         size = (x.shape[-2], x.shape[-1])
         if config.integration == "input":
             maps = self.backbone(x)
-            return Features(maps["out"], maps.get("low"), size, maps.get("fine"))
+            return Features(maps["out"], maps.get("low"), size)
         chunks = x.split(config.slices_per_sequence, dim=1)
         if config.integration == "subtraction":
             pre, post = (
                 self.backbone(chunks[config.sequences.index(name)]) for name in SUBTRACTION_PAIR
             )
-            low, fine = (post[k] - pre[k] if k in post else None for k in ("low", "fine"))
-            return Features(post["out"] - pre["out"], low, size, fine)
+            low = post["low"] - pre["low"] if "low" in post else None
+            return Features(post["out"] - pre["out"], low, size)
         if config.integration == "mid":
             maps = [self._branch(i)(chunk) for i, chunk in enumerate(chunks)]
             join = partial(torch.cat, dim=1)
         else:
             maps = [self._branch(i)["backbone"](chunk) for i, chunk in enumerate(chunks)]
             join = partial(torch.stack, dim=1)
-        low, fine = (join([m[k] for m in maps]) if k in maps[0] else None for k in ("low", "fine"))
-        return Features(join([m["out"] for m in maps]), low, size, fine)
+        low = join([m["low"] for m in maps]) if "low" in maps[0] else None
+        return Features(join([m["out"] for m in maps]), low, size)
 
     def context(self, features: Features) -> Features:
-        """The head up to its last layers (:meth:`decode`), as ``Features`` of ``out`` alone.
+        """The head up to its last layers (:meth:`decode`), as ``Features`` without ``low``.
 
         ``out`` is ``(B, C, h, w)``, or ``(B, n_sequences, C, h, w)`` at the end level.
         """
         if self.config.integration != "end":
-            return Features(self.classifier.context(*_part(features)), None, features.size)
+            return Features(
+                self.classifier.context(features.out, features.low), None, features.size
+            )
         out = torch.stack(
             [
                 self._branch(i)["head"].context(*_part(features[:, i]))
@@ -279,8 +279,8 @@ def current_state_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return renamed
 
 
-def _part(features: Features) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    return features.out, features.low, features.fine
+def _part(features: Features) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return features.out, features.low
 
 
 def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

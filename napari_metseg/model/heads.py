@@ -35,15 +35,10 @@ from torch.nn import functional as F
 
 from napari_metseg.model.aspp import ASPP, ASPP_CHANNELS, DeepLabHead
 
-#: Decoders: ``none`` (the method's DeepLabv3), ``plus`` (DeepLabv3+, logits at
-#: stride 4) or ``fine`` (DeepLabv3+ and one more step, logits at stride 2).
-DECODERS: tuple[str, ...] = ("none", "plus", "fine")
+#: Decoders: ``none`` (the method's DeepLabv3) or ``plus`` (DeepLabv3+).
+DECODERS: tuple[str, ...] = ("none", "plus")
 #: Channels the stride-4 features are reduced to before joining (Chen et al. 2018).
 LOW_LEVEL_REDUCED = 48
-#: The ``fine`` decoder's stride-2 step: channels the stride-4 decoder output is
-#: projected to, and channels the stride-2 backbone features are reduced to.
-FINE_PROJECTED = 32
-FINE_REDUCED = 16
 
 
 @dataclass(frozen=True)
@@ -52,20 +47,18 @@ class Features:
 
     ``out``: high-level features ``(B, C, h, w)``; the end integration level
     keeps one map per sequence, ``(B, n_sequences, C, h, w)``. ``low``: the
-    stride-4 features in the same layout for the DeepLabv3+ decoders, ``None``
-    without them. ``size``: ``(H, W)`` of the input, to which the head
-    upsamples. ``fine``: the stride-2 features for the ``fine`` decoder.
+    stride-4 features in the same layout for the DeepLabv3+ decoder, ``None``
+    without it. ``size``: ``(H, W)`` of the input, to which the head upsamples.
     """
 
     out: torch.Tensor
     low: torch.Tensor | None
     size: tuple[int, int]
-    fine: torch.Tensor | None = None
 
     def __getitem__(self, index: Any) -> Features:
         """The same features indexed along the leading dimensions (e.g. a sub-batch)."""
-        low, fine = (None if part is None else part[index] for part in (self.low, self.fine))
-        return Features(self.out[index], low, self.size, fine)
+        low = None if self.low is None else self.low[index]
+        return Features(self.out[index], low, self.size)
 
     @staticmethod
     def cat(parts: Sequence[Features]) -> Features:
@@ -81,24 +74,22 @@ class Features:
 def _join(parts: Sequence[Features], join) -> Features:
     if not parts or len({part.size for part in parts}) != 1:
         raise ValueError(f"need features of one input size, got {[p.size for p in parts]}")
-    low, fine = (
-        None if getattr(parts[0], name) is None else join([getattr(p, name) for p in parts])
-        for name in ("low", "fine")
-    )
-    return Features(join([part.out for part in parts]), low, parts[0].size, fine)
+    lows = [part.low for part in parts]
+    low = None if lows[0] is None else join(lows)
+    return Features(join([part.out for part in parts]), low, parts[0].size)
 
 
 class PlainHead(DeepLabHead):
-    """DeepLabv3's head (ASPP, 3x3 conv, classifier); ignores ``low`` and ``fine``.
+    """DeepLabv3's head (ASPP, 3x3 conv, classifier); ignores ``low``.
 
     ``forward`` is ``decode(context(out))``: :meth:`decode` is the final 1x1
     classifier, :meth:`context` everything before it.
     """
 
-    def forward(self, out: torch.Tensor, *detail: torch.Tensor | None) -> torch.Tensor:
-        return self.decode(self.context(out))
+    def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.context(out, low))
 
-    def context(self, out: torch.Tensor, *detail: torch.Tensor | None) -> torch.Tensor:
+    def context(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
         for layer in list(self)[:-1]:
             out = layer(out)
         return out
@@ -137,12 +128,10 @@ class PlusHead(nn.Module):
         )
         self.classify = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, out: torch.Tensor, *detail: torch.Tensor | None) -> torch.Tensor:
-        return self.decode(self.context(out, *detail))
+    def forward(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.context(out, low))
 
-    def context(
-        self, out: torch.Tensor, low: torch.Tensor | None = None, fine: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def context(self, out: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
         if low is None:
             raise ValueError("the DeepLabv3+ decoder needs the stride-4 features (low)")
         context = F.interpolate(
@@ -156,56 +145,6 @@ class PlusHead(nn.Module):
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         return [*self.refine[1][1].parameters(), *self.classify.parameters()]
-
-
-class FineHead(PlusHead):
-    """The DeepLabv3+ decoder and one more step of it: logits at stride 2.
-
-    At stride 4 a decoder cell of a 256 px slice is 3-4 voxels wide, as wide
-    as the lesions of 3-5 mm, so every logit of such a lesion is interpolated
-    from cells that also cover its surroundings: v7 drew those lesions at
-    three times their volume, and a learned (convex) upsampling of the
-    stride-4 cells did not narrow them (``models/default/TRAINING.md``). This
-    step repeats Chen et al.'s join one level up: the stride-4 decoder output,
-    projected to :data:`FINE_PROJECTED` channels and upsampled, joins the
-    backbone's stride-2 features reduced to :data:`FINE_REDUCED`, refined by
-    one separable convolution. It stays narrow so that fast fine-tuning's
-    cache (48 channels at stride 2, 1.5 times ``plus``'s 128 at stride 4) and
-    its pointwise :meth:`decode` (48 x 48 per pixel) cost about what they
-    cost with ``plus``. The layers up to the stride-4 output keep
-    :class:`PlusHead`'s names, so a ``plus`` model's weights start a ``fine``
-    one (``metseg train --init``).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        low_channels: int,
-        fine_channels: int,
-        num_classes: int,
-        channels: int = ASPP_CHANNELS,
-    ) -> None:
-        super().__init__(in_channels, low_channels, num_classes, channels)
-        joined = FINE_PROJECTED + FINE_REDUCED
-        self.project = _conv_bn_relu(channels, FINE_PROJECTED, 1)
-        self.reduce_fine = _conv_bn_relu(fine_channels, FINE_REDUCED, 1)
-        self.refine_fine = _separable(joined, joined)
-        self.classify = nn.Conv2d(joined, num_classes, 1)
-
-    def context(
-        self, out: torch.Tensor, low: torch.Tensor | None = None, fine: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if fine is None:
-            raise ValueError("the fine decoder needs the stride-2 features (fine)")
-        coarse = self.project(self.refine[1][1](super().context(out, low)))
-        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        return self.refine_fine[0](torch.cat([coarse, self.reduce_fine(fine)], dim=1))
-
-    def decode(self, context: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.refine_fine[1](context))
-
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.refine_fine[1].parameters(), *self.classify.parameters()]
 
 
 def _conv_bn_relu(

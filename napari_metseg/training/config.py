@@ -47,15 +47,14 @@ class TrainConfig:
     ``context`` neighbours per side. Model: ``integration``, ``sharing``,
     ``backbone``, ``output_stride`` (None: the backbone's default; see
     :class:`napari_metseg.model.ModelConfig`), ``decoder`` (``none``: the
-    method's DeepLabv3; ``plus``: DeepLabv3+; ``fine``: DeepLabv3+ with logits
-    at stride 2), ``head_channels`` (their width; the method's 256), and
+    method's DeepLabv3; ``plus``: DeepLabv3+), ``head_channels`` (their
+    width; the method's 256), and
     ``tied_weight``, the weight of the L2 penalty tying ``l2_tied`` branches.
     ``init``: a model file (folder, ``.safetensors`` or ``default``) whose
     weights the run starts from instead of random ones, so a researcher can
     adapt the bundled model to their own scans, or a CPU run can carry on
     where a GPU one stopped; its architecture must be the one these settings
-    describe, or a ``plus`` one for a ``fine`` run (the stride-2 step starts
-    random).
+    describe.
 
     Training: ``sequence_dropout`` with probability ``dropout_rate`` per
     sequence; ``loss`` with ``alpha`` (positive weight) and ``beta`` (trust in

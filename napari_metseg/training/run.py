@@ -47,29 +47,6 @@ def model_config(config: TrainConfig) -> ModelConfig:
     )
 
 
-def grow(start: MetsegNet, config: ModelConfig) -> MetsegNet:
-    """A network of ``config`` holding every tensor of ``start`` that it has under the
-    same name and shape; the rest (a ``fine`` decoder's stride-2 step and its
-    classifier) keep their random start.
-
-    A ``fine`` model trained from scratch would spend most of a GPU session
-    relearning what the bundled ``plus`` model's backbone and ASPP know.
-    """
-    network = build_model(config)
-    state = network.state_dict()
-    taken = {
-        name: tensor
-        for name, tensor in start.state_dict().items()
-        if name in state and state[name].shape == tensor.shape
-    }
-    network.load_state_dict(taken, strict=False)
-    new = sorted(set(state) - set(taken))
-    logger.info("grown from a %s model: %d tensors new (%s)", start.config.decoder, len(new),
-                ", ".join(new))  # fmt: skip
-    network.metadata = start.metadata
-    return network
-
-
 def mixed_precision(amp: bool, device: torch.device) -> torch.dtype | None:
     """The dtype autocast computes in when training on ``device``; None: float32.
 
@@ -125,18 +102,15 @@ class TrainingRun:
         self.validations: list[dict[str, Any]] = []
 
     def _start_from(self, path: str) -> MetsegNet:
-        """The network of the model file ``path``; another architecture is refused,
-        except a ``plus`` model starting a ``fine`` one (:func:`grow`).
+        """The network of the model file ``path``; another architecture is refused.
 
         Only weights come over: the optimiser, schedule and scores start
         afresh, as for fine-tuning (a resume restores its checkpoint over them).
         """
         start = load_model(path)
-        ours, theirs = self.model_config.to_dict(), start.config.to_dict()
-        changed = sorted(key for key in ours if ours[key] != theirs.get(key))
-        if changed == ["decoder"] and (theirs["decoder"], ours["decoder"]) == ("plus", "fine"):
-            start = grow(start, self.model_config)
-        elif changed:
+        if start.config != self.model_config:
+            ours, theirs = self.model_config.to_dict(), start.config.to_dict()
+            changed = sorted(key for key in ours if ours[key] != theirs.get(key))
             wanted = ", ".join(f"{key}={theirs.get(key)!r}" for key in changed)
             raise ReadError(
                 f"cannot start from {path}: its architecture differs from these settings "

@@ -9,7 +9,7 @@ import torch
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.correction.cache import CaseContext, segment_keeping_context
 from napari_metseg.engine import segment
-from napari_metseg.model import DECODERS, ModelConfig, build_model, load_model
+from napari_metseg.model import ModelConfig, build_model, load_model
 from napari_metseg.preprocess import PreprocessConfig, prepare_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,8 +44,8 @@ def test_decoding_the_cache_equals_segmenting(case, tiny_model_path, present) ->
     np.testing.assert_allclose(cache.predict(tuned), after, atol=1e-5)
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_the_split_holds_for_every_decoder(case, decoder) -> None:
+@pytest.mark.parametrize("decoder", ["none", "plus"])
+def test_the_split_holds_for_both_decoders(case, decoder) -> None:
     torch.manual_seed(0)
     config = ModelConfig(decoder=decoder, preprocess=PreprocessConfig(size=32))
     model = build_model(config).eval()
