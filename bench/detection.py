@@ -178,7 +178,8 @@ def edge_shares(probability: np.ndarray, truth: np.ndarray, evaluation: CaseEval
     at p >= 0.10; ``beyond``, voxels at p >= 0.10 further out (within 4 voxels),
     per lesion voxel. The phantoms draw every lesion with a one-voxel
     partial-volume edge, so the shell is where a lesion's own signal ends: a
-    mask that takes half of it reaches Dice 0.6 on a lesion of 30 voxels.
+    mask of the lesion and its whole shell scores Dice 0.53 on lesions of
+    15-70 voxels (v7 marks about half of it, TRAINING.md).
     """
     labels, _ = label_components(np.asarray(truth) > 0)
     marked = probability >= CANDIDATE_THRESHOLD
