@@ -47,6 +47,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import astuple
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def run_case(segmenter: Segmenter, case: Case, switched_off: tuple[str, ...]) ->
     return evaluation, high_fp, result.info.seconds, whole, edges
 
 
-def edge_shares(probability: np.ndarray, truth: np.ndarray, evaluation: CaseEvaluation):
+def edge_shares(
+    probability: np.ndarray, truth: np.ndarray, evaluation: CaseEvaluation
+) -> pd.DataFrame:
     """Where the mask of each found lesion lies against the truth, voxel shell by shell.
 
     Per found lesion: ``inside``, the share of its voxels at p >= 0.10; ``shell``,
@@ -255,7 +258,13 @@ def edge_row(label: str, sequences: str, runs: list[Run]) -> dict[str, str]:
     )
 
 
-def stratum_row(label: str, sequences: str, runs: list[Run], title: str, cell) -> dict[str, str]:
+def stratum_row(
+    label: str,
+    sequences: str,
+    runs: list[Run],
+    title: str,
+    cell: Callable[[pd.DataFrame], str],
+) -> dict[str, str]:
     """One table row: ``cell`` of the found lesions of each size stratum."""
     found = pd.concat(
         [found_lesions(run[0]).join(run[4].set_index("lesion"), how="left") for run in runs]
