@@ -5,9 +5,9 @@ Usage: ``python -m bench.detection [--model PATH ...] [--cases 8] [--threads 2]
 several times (default: the bundled model); every model sees the same cases.
 
 The cases. Seeds 31000, 31001, ... (the bundled models, their members and the
-v5, v6 and v7h candidates trained and validated on 1000-1053, 20000-20062,
-21000-21087, 22000-22071, 22100-22171 and 24000-24071; the tests and the sample case use
-7, 777 and 778). Each case takes its generator
+v5, v6, v7h, fine and P candidates trained and validated on 1000-1053,
+20000-20062, 21000-21087, 22000-22071, 22100-22171 and 24000-24071; the tests
+and the sample case use 7, 777 and 778). Each case takes its generator
 settings (noise, bias, vessels, contrast jitter, thick-slice FLAIR, subtle
 and ring lesions) from
 :func:`~napari_metseg.phantom.randomised` of another seed (33000, 33001, ...),
