@@ -25,7 +25,7 @@ MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: Full: on the sample case even 2.5e-6 grew two base specks past 10 mm^3 (the trust
 #: region refuses).
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
-    "fast": {"lr": 3e-3, "iterations": 100, "hold_weight": 100.0, "stroke_share": 0.8},
+    "fast": {"lr": 3e-3, "iterations": 300, "hold_weight": 100.0, "stroke_share": 0.8},
     "full": {"lr": 2e-5, "iterations": 20, "hold_weight": 1000.0, "stroke_share": 0.5},
 }
 
@@ -72,6 +72,7 @@ class FinetuneConfig:
     mine_every: int = 20
     riser_weight: float = 10.0
     iterations: int | None = None
+    check_every: int = 100
     batch_size: int = 2
     lr: float | None = None
     weight_decay: float = 0.0
@@ -92,7 +93,14 @@ class FinetuneConfig:
             raise ValueError(
                 f"unmarked must be one of {list(UNMARKED_MODES)}, got {self.unmarked!r}"
             )
-        for name in ("iterations", "batch_size", "dropout_draws", "mine_every", "band_cells"):
+        for name in (
+            "iterations",
+            "check_every",
+            "batch_size",
+            "dropout_draws",
+            "mine_every",
+            "band_cells",
+        ):
             if (getattr(self, name) or 1) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout_rate < 1.0:

@@ -83,6 +83,7 @@ class FinetuneResult:
     (case's own sequences) before and after training, 0 when all are answered.
     ``losses``: the training loss of every step of the accepted attempt.
     ``growth``: the trust-region reading; ``attempts``: tries it took;
+    ``steps``: the optimizer steps of the model returned;
     ``strokes``: which painted lesions the new prediction finds and which
     marked false ones it drops.
     ``cache``: fast mode's frozen-part cache of the case, for the next round.
@@ -99,6 +100,7 @@ class FinetuneResult:
     growth: Growth
     strokes: StrokeOutcome
     attempts: int
+    steps: int
     n_samples: int
     n_lesion_voxels: int
     n_not_lesion_voxels: int
@@ -112,6 +114,7 @@ class FinetuneResult:
             "mode": self.mode,
             "lr": self.lr,
             "attempts": self.attempts,
+            "steps": self.steps,
             "corrected_loss_before": self.corrected_loss_before,
             "corrected_loss_after": self.corrected_loss_after,
             "final_loss": self.losses[-1] if self.losses else None,
@@ -212,14 +215,18 @@ def finetune(
     for attempt in range(config.backoffs + 1):
         lr = config.lr / 2**attempt
         network = copy.deepcopy(model).to(device).eval()
-        losses = train_steps(network, batches, config, lr, config.iterations, rng, progress, cancel)
-        probability = _predict(network, cache, prepared, device, progress, cancel)
-        growth, sprouted = lesion_growth(
-            probability, reference, away, case.geometry.voxel_volume, config.trust
+        stages = _Stages(
+            network, cache, prepared, device, reference, corrections, away, case, config, cancel
         )
+        losses = train_steps(
+            network, batches, config, lr, config.iterations, rng, progress, cancel, stages.check
+        )
+        stage = stages.outcome()
+        probability, growth, strokes = stage.probability, stage.growth, stage.strokes
+        losses = losses[: stage.steps]
         if growth.within:
             break
-        batches.hold_slices(np.flatnonzero(sprouted.any(axis=(1, 2))))
+        batches.hold_slices(np.flatnonzero(stage.sprouted.any(axis=(1, 2))))
         logger.warning(
             "fine-tuning attempt %d left the trust region: %s", attempt + 1, growth.describe()
         )
@@ -233,14 +240,14 @@ def finetune(
     after = corrected_loss(batches, network, scored, config)
     network.metadata = dict(model.metadata)
     seconds = time.perf_counter() - started
-    strokes = stroke_outcome(corrections, probability, config.trust.threshold)
     logger.info(
-        "fine-tuned (%s, %d samples, attempt %d, lr %.1e) in %.1f s: stroke loss "
+        "fine-tuned (%s, %d samples, attempt %d, lr %.1e, %d steps) in %.1f s: stroke loss "
         "%.4f -> %.4f; %s; %s",
         mode,
         len(samples.slices),
         attempt + 1,
         lr,
+        stage.steps,
         seconds,
         before,
         after,
@@ -259,6 +266,7 @@ def finetune(
         growth=growth,
         strokes=strokes,
         attempts=attempt + 1,
+        steps=stage.steps,
         n_samples=len(samples.slices),
         n_lesion_voxels=int(np.count_nonzero(corrections == LESION)),
         n_not_lesion_voxels=int(np.count_nonzero(corrections == NOT_LESION)),
@@ -266,6 +274,77 @@ def finetune(
         timings=timings,
         cache=cache,
     )
+
+
+@dataclass
+class _Stage:
+    """The network's prediction after ``steps`` steps and how it answers the round."""
+
+    steps: int
+    probability: np.ndarray
+    growth: Growth
+    sprouted: np.ndarray
+    strokes: StrokeOutcome
+    weights: dict[str, torch.Tensor] | None = None
+
+
+class _Stages:
+    """The checks an attempt makes every ``check_every`` steps (module docstring).
+
+    :meth:`check` stops the attempt once its prediction finds every painted
+    lesion, drops every marked false one and keeps every base candidate away
+    from the strokes, within the trust region, and at the first check out of
+    the trust region when no earlier one was within (the retry starts sooner);
+    :meth:`outcome` is the last stage, or the latest one within the trust
+    region when the last is not.
+    """
+
+    def __init__(
+        self,
+        network: MetsegNet,
+        cache: CaseContext | None,
+        prepared: PreparedCase,
+        device: torch.device,
+        reference: np.ndarray,
+        corrections: np.ndarray,
+        away: np.ndarray,
+        case: Case,
+        config: FinetuneConfig,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.network, self.cache, self.prepared, self.device = network, cache, prepared, device
+        self.reference, self.corrections, self.away = reference, corrections, away
+        self.voxel_mm3, self.trust, self.cancel = case.geometry.voxel_volume, config.trust, cancel
+        self.last: _Stage | None = None
+        self.within: _Stage | None = None
+
+    def check(self, steps: int) -> bool:
+        probability = _predict(
+            self.network, self.cache, self.prepared, self.device, no_progress, self.cancel
+        )
+        growth, sprouted = lesion_growth(
+            probability, self.reference, self.away, self.voxel_mm3, self.trust
+        )
+        strokes = stroke_outcome(self.corrections, probability, self.trust.threshold)
+        self.last = _Stage(steps, probability, growth, sprouted, strokes)
+        if not growth.within:
+            return self.within is None
+        self.within = self.last
+        self.within.weights = {
+            name: value.detach().clone() for name, value in self.network.state_dict().items()
+        }
+        return (
+            strokes.found == strokes.painted
+            and strokes.cleared == strokes.rejected
+            and growth.lost_candidates == 0
+        )
+
+    def outcome(self) -> _Stage:
+        """The stage the attempt ends on; the network is set back to it."""
+        if self.last.growth.within or self.within is None:
+            return self.last
+        self.network.load_state_dict(self.within.weights)
+        return self.within
 
 
 def _predict(

@@ -38,6 +38,7 @@ bag centred on the dab (``objective.stroke_peaks``), at 0.25-0.5: found.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,8 +199,13 @@ def train_steps(
     rng: np.random.Generator,
     progress: ProgressCallback,
     cancel: threading.Event | None,
+    check: Callable[[int], bool] | None = None,
 ) -> list[float]:
-    """AdamW steps on ``network`` in place; returns the loss of every step."""
+    """AdamW steps on ``network`` in place; returns the loss of every step.
+
+    ``check(steps_done)`` runs after every ``config.check_every`` steps and
+    after the last; when it returns True the training stops there.
+    """
     trainable = batches.parameters(network)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
@@ -255,6 +261,10 @@ def train_steps(
         optimizer.step()
         losses.append(float(loss.detach()))
         progress(step + 1, iterations, f"fine-tuning ({batches.mode}): loss {losses[-1]:.4f}")
+        done = step + 1
+        at_check = done % config.check_every == 0 or done == iterations
+        if check is not None and at_check and check(done):
+            break
     for parameter in network.parameters():
         parameter.requires_grad_(True)
     return losses

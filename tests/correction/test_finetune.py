@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -20,13 +22,16 @@ from napari_metseg.correction import (
     reject_lesion,
     select_samples,
 )
+from napari_metseg.correction.outcome import StrokeOutcome
 from napari_metseg.correction.samples import check_corrections, to_network_grid
-from napari_metseg.correction.trust import lesion_growth
+from napari_metseg.correction.trust import Growth, lesion_growth
 from napari_metseg.engine import segment
 from napari_metseg.errors import GeometryError
 from napari_metseg.model import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+#: The module, which ``napari_metseg.correction.finetune`` (the function) hides.
+finetune_module = importlib.import_module("napari_metseg.correction.finetune")
 
 #: The blob of the hand-built case: slices 3-4, rows and columns 10-17.
 BLOB = (slice(3, 5), slice(10, 18), slice(10, 18))
@@ -193,6 +198,49 @@ def test_a_round_over_the_trust_region_is_refused_and_changes_nothing(blob_case,
         finetune(blob_case, model, marks, config, reference=nothing)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, before[name])
+
+
+def scripted_checks(monkeypatch, within: list[bool], answered: list[bool]) -> None:
+    """Stage checks of a round read ``within`` and ``answered`` in turn (last repeats)."""
+    calls = {"growth": 0, "strokes": 0}
+
+    def growth(probability, *args):
+        index = min(calls["growth"], len(within) - 1)
+        calls["growth"] += 1
+        allowed = 1.0 if within[index] else -1.0
+        return Growth(0.0, 0.0, allowed, 0, 0), np.zeros(probability.shape, bool)
+
+    def outcome(*args):
+        index = min(calls["strokes"], len(answered) - 1)
+        calls["strokes"] += 1
+        return StrokeOutcome(2, 2 if answered[index] else 1, 0, 0)
+
+    monkeypatch.setattr(finetune_module, "lesion_growth", growth)
+    monkeypatch.setattr(finetune_module, "stroke_outcome", outcome)
+
+
+def test_a_round_stops_at_the_first_check_that_answers_every_stroke(
+    blob_case, model, monkeypatch
+) -> None:
+    scripted_checks(monkeypatch, within=[True], answered=[False, True])
+    config = FinetuneConfig(mode="fast", iterations=40, check_every=10, device="cpu", **LEARN)
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.steps == 20 and len(result.losses) == 20 and result.attempts == 1
+    after = segment(blob_case, result.model, device="cpu")
+    np.testing.assert_allclose(result.probability, after, atol=1e-5)
+
+
+def test_a_last_check_over_the_trust_region_falls_back_to_the_latest_within(
+    blob_case, model, monkeypatch
+) -> None:
+    """Steps past a good stage that leave the trust region are dropped, not the attempt."""
+    scripted_checks(monkeypatch, within=[True, False], answered=[False])
+    config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.steps == 10 and len(result.losses) == 10 and result.attempts == 1
+    assert result.metrics()["steps"] == 10
+    after = segment(blob_case, result.model, device="cpu")
+    np.testing.assert_allclose(result.probability, after, atol=1e-5)
 
 
 def test_a_diverged_round_counts_as_a_runaway() -> None:
