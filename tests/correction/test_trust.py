@@ -141,10 +141,10 @@ def sample_case():
 def test_one_dab_on_a_one_voxel_lesion_stays_inside_the_bound(sample_case, mode) -> None:
     """Issue #13: a 3x3 stroke on a missed 1-voxel lesion once turned the brain into a lesion.
 
-    Fast mode must take the round, at its own 100 steps as the workbench runs it
-    (with the bundled v7 its first attempt grows two 2-voxel base specks to 3, past
-    the false-positive size, and the retry at half the step passes; at 30 steps
-    every attempt grew them). Full mode trains every weight: with the bundled model
+    Fast mode must take the round, at its own settings as the workbench runs it
+    (with the bundled v7 its first attempt leaves the trust region by step 100,
+    and the retry at half the step passes; at 30 steps every attempt grew two
+    2-voxel base specks past the false-positive size). Full mode trains every weight: with the bundled model
     even its smallest retry grows two base specks of the sample case past the
     false-positive size (1.25e-6 would be needed), so it may refuse instead, which
     leaves the model as it was and says what to do.
