@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_metseg.correction import FinetuneConfig, Workspace
+from napari_metseg.correction.config import MODE_DEFAULTS
 from napari_metseg.correction.workspace import BASE, WORKSPACES_ENV
 from napari_metseg.widgets.run_controls import RunControls
 
@@ -77,7 +78,10 @@ class CorrectionPanel(RunControls, QGroupBox):
         self.iterations.setSpecialValueText("mode's default")
         self.iterations.setValue(0)
         self.iterations.setToolTip(
-            "optimizer steps of one fine-tuning round (fast mode: 100, full mode: 20)"
+            "most optimizer steps of one fine-tuning round (fast mode: "
+            f"{MODE_DEFAULTS['fast']['iterations']:.0f}, full mode: "
+            f"{MODE_DEFAULTS['full']['iterations']:.0f}); it stops sooner once every "
+            "stroke is answered"
         )
         self.finetune_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Cancel")
