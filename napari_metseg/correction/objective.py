@@ -82,9 +82,9 @@ its share of the band's mean) left 6 of the 7 painted lesions under the
 threshold: the decoder's last layers, which see a cell's frozen features
 only, cannot tell them apart in a round's 100 steps (in up to 300, checked
 every 100, they do: :mod:`~napari_metseg.correction.finetune`, 6 of 6 dabbed
-lesions found and 4 of 4 marked false positives removed with v7). A 'not lesion' mark on every voxel of a
-false positive shrinks it but leaves 3-13 of its voxels at p 0.15-0.29 (0 of
-4 removed): the false positives look like the lesions the band keeps (with
+lesions found and 4 of 4 marked false positives removed with v7). At 100
+steps a 'not lesion' mark on every voxel of a false positive shrinks it but
+leaves 3-13 of its voxels at p 0.15-0.29 (0 of 4 removed): the false positives look like the lesions the band keeps (with
 the band held at a weight of 20 instead of 100, 2 of 4 went, and more
 look-alikes of the painted lesions rose elsewhere; with only the band's base
 candidates held at 0.05-0.2 of its weight, 2-4 of 4 went and false positives
