@@ -204,7 +204,8 @@ def train_steps(
     """AdamW steps on ``network`` in place; returns the loss of every step.
 
     ``check(steps_done)`` runs after every ``config.check_every`` steps and
-    after the last; when it returns True the training stops there.
+    after the last; when it returns True the training stops there (and the
+    progress reads done).
     """
     trainable = batches.parameters(network)
     for parameter in network.parameters():
@@ -264,6 +265,7 @@ def train_steps(
         done = step + 1
         at_check = done % config.check_every == 0 or done == iterations
         if check is not None and at_check and check(done):
+            progress(iterations, iterations, f"fine-tuning ({batches.mode}): done at step {done}")
             break
     for parameter in network.parameters():
         parameter.requires_grad_(True)

@@ -224,8 +224,10 @@ def test_a_round_stops_at_the_first_check_that_answers_every_stroke(
 ) -> None:
     scripted_checks(monkeypatch, within=[True], answered=[False, True])
     config = FinetuneConfig(mode="fast", iterations=40, check_every=10, device="cpu", **LEARN)
-    result = finetune(blob_case, model, strokes(), config)
+    calls = []
+    result = finetune(blob_case, model, strokes(), config, progress=lambda *a: calls.append(a))
     assert result.steps == 20 and len(result.losses) == 20 and result.attempts == 1
+    assert calls[-1][:2] == (40, 40)  # the progress bar reads done
     after = segment(blob_case, result.model, device="cpu")
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
 
