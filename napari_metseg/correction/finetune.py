@@ -78,7 +78,12 @@ from napari_metseg.correction.samples import (
     select_samples,
 )
 from napari_metseg.correction.steps import corrected_loss, make_batches, train_steps
-from napari_metseg.correction.trust import Growth, away_from_strokes, lesion_growth
+from napari_metseg.correction.trust import (
+    Growth,
+    TrustRegion,
+    away_from_strokes,
+    lesion_growth,
+)
 from napari_metseg.devices import resolve_device
 from napari_metseg.engine import Segmenter
 from napari_metseg.errors import GeometryError, RunawayError
@@ -232,7 +237,16 @@ def finetune(
         lr = config.lr / 2**attempt
         network = copy.deepcopy(model).to(device).eval()
         stages = _Stages(
-            network, cache, prepared, device, reference, corrections, away, case, config, cancel
+            network,
+            cache,
+            prepared,
+            device,
+            reference,
+            corrections,
+            away,
+            case.geometry.voxel_volume,
+            config.trust,
+            cancel,
         )
         losses = train_steps(
             network, batches, config, lr, config.iterations, rng, progress, cancel, stages.check
@@ -322,13 +336,13 @@ class _Stages:
         reference: np.ndarray,
         corrections: np.ndarray,
         away: np.ndarray,
-        case: Case,
-        config: FinetuneConfig,
+        voxel_mm3: float,
+        trust: TrustRegion,
         cancel: threading.Event | None,
     ) -> None:
         self.network, self.cache, self.prepared, self.device = network, cache, prepared, device
         self.reference, self.corrections, self.away = reference, corrections, away
-        self.voxel_mm3, self.trust, self.cancel = case.geometry.voxel_volume, config.trust, cancel
+        self.voxel_mm3, self.trust, self.cancel = voxel_mm3, trust, cancel
         self.last: _Stage | None = None
         self.within: _Stage | None = None
 
