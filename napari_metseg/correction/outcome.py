@@ -29,6 +29,11 @@ class StrokeOutcome:
     rejected: int
     cleared: int
 
+    @property
+    def answered(self) -> bool:
+        """Every painted lesion found and every marked false one dropped."""
+        return self.found == self.painted and self.cleared == self.rejected
+
     def summary(self) -> str:
         """``"the model finds 1 of 2 painted lesions, drops 1 of 1 marked false ones"``
         (the lesion table holds every mark whatever the model says)."""

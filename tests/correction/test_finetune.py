@@ -245,6 +245,30 @@ def test_a_last_check_over_the_trust_region_falls_back_to_the_latest_within(
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
 
 
+def test_an_answered_check_out_of_the_trust_region_is_retried_at_once(
+    blob_case, model, monkeypatch
+) -> None:
+    """More steps at the same size grow what the attempt sprouted; a smaller step may not."""
+    scripted_checks(monkeypatch, within=[False, True], answered=[True])
+    config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.attempts == 2 and result.steps == 10 and result.growth.within
+    assert result.lr == pytest.approx(config.for_mode("fast").lr / 2)
+
+
+def test_retries_that_all_leave_the_trust_region_fall_back_to_an_earlier_attempt(
+    blob_case, model, monkeypatch
+) -> None:
+    """An attempt retried for answering out of the trust region keeps its stage within it."""
+    scripted_checks(monkeypatch, within=[True, False], answered=[False, True])
+    config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.attempts == 3 and result.steps == 10 and result.growth.within
+    assert result.lr == pytest.approx(config.for_mode("fast").lr)
+    after = segment(blob_case, result.model, device="cpu")
+    np.testing.assert_allclose(result.probability, after, atol=1e-5)
+
+
 def test_a_diverged_round_counts_as_a_runaway() -> None:
     base = np.zeros((2, 4, 4), np.float32)
     away = np.ones_like(base, dtype=bool)
