@@ -22,7 +22,7 @@ MODES: tuple[str, ...] = ("auto", "fast", "full")
 #: 50 finds 4 of 6 (3 of 6) and 25 4 of 6 (2 of 6, with refusals), but below 100 a round
 #: loses an unpainted lesion the base model found, so 100 stays; a stroke share of 0.9
 #: changed nothing. Those were rounds of 100 steps; with up to 300, checked every 100
-#: (``finetune``), v7 finds 6 of 6 and 5 of 6, and 12 of 15 after five rounds.
+#: (``stages``), v7 finds 6 of 6 and 5 of 6, and 12 of 15 after five rounds.
 #: Full: on the sample case even 2.5e-6 grew two base specks past 10 mm^3 (the trust
 #: region refuses).
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
@@ -36,7 +36,7 @@ class FinetuneConfig:
     """Settings of one fine-tuning round (the objective's terms are in ``objective``).
 
     Up to ``iterations`` AdamW steps of ``batch_size`` samples at ``lr``, the
-    case checked every ``check_every`` of them (``finetune``)
+    case checked every ``check_every`` of them (``stages``)
     (``lr``, ``iterations``, ``hold_weight`` and ``stroke_share`` None: :data:`MODE_DEFAULTS`
     of the mode the round runs in, :meth:`for_mode`); corrected slices are ``oversample``
     times as likely as the neighbouring ones (``neighbours`` per side);

@@ -16,29 +16,9 @@ retry (fast mode), up to ``backoffs`` times, and refused with
 :class:`~napari_metseg.errors.RunawayError` after that. The returned
 probability is the one the caller shows: no second segmentation.
 
-An attempt is checked every ``check_every`` steps, not only at its end
-(:class:`_Stages`; in fast mode a check decodes the cache, 0.2 s). It stops
-once every stroke is answered within the trust region with no base candidate
-lost. A check that answers every stroke out of the trust region ends the
-attempt at once, for the retry: the sample case's one dab was found in 100
-steps with two base specks of 2 voxels swollen to 3-5 (new candidates of
-10 mm^3), which 200 more steps did not shrink, and the retry answered within
-the region at its first check (the round took 8.7 s instead of 16). When the
-last check leaves the trust region unanswered, the attempt returns the latest
-check that was within instead of retrying, and when every retry leaves it, an
-earlier attempt's latest check within is returned. Ending an attempt at its
-first check out of the trust region whether answered or not was as quick on
-the sample case but cost five rounds of the benchmark 2 of 15 painted
-lesions and one refusal. A faint
-painted lesion needs many small steps: on the correction benchmark (bundled
-v7, 4 held-out phantoms, a dab on each of the two smallest missed lesions)
-the lowest painted bag logit climbed steadily, from -6 to -8 at the start to
--1.5 to +2 after 300 steps at 3e-3. One round found 2 of 6 dabbed lesions at
-100 steps, 5 of 6 at 200 and 6 of 6 at 300, while twice the step size for
-150 steps found 4 of 6 and lost a lesion nobody painted: so fast mode takes
-up to 300 steps, checked every 100. Stopping as soon as the strokes' bags
-stood a logit over the threshold in the training batch (no check of the
-case) lost a lesion nobody painted as well.
+An attempt is checked every ``check_every`` steps, not only at its end, and
+stops once it answers every stroke (:mod:`~napari_metseg.correction.stages`):
+a faint painted lesion needs many small steps, up to 300 in fast mode.
 
 Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
 
@@ -76,25 +56,20 @@ import torch
 from napari_metseg.case import Case
 from napari_metseg.correction.cache import CaseContext
 from napari_metseg.correction.config import FinetuneConfig
-from napari_metseg.correction.outcome import StrokeOutcome, stroke_outcome
+from napari_metseg.correction.outcome import StrokeOutcome
 from napari_metseg.correction.samples import (
     LESION,
     NOT_LESION,
     check_corrections,
     select_samples,
 )
+from napari_metseg.correction.stages import Stages, predict
 from napari_metseg.correction.steps import corrected_loss, make_batches, train_steps
-from napari_metseg.correction.trust import (
-    Growth,
-    TrustRegion,
-    away_from_strokes,
-    lesion_growth,
-)
+from napari_metseg.correction.trust import Growth, away_from_strokes
 from napari_metseg.devices import resolve_device
-from napari_metseg.engine import Segmenter
 from napari_metseg.errors import GeometryError, RunawayError
 from napari_metseg.model import MetsegNet
-from napari_metseg.preprocess import PreparedCase, prepare_case, restore_slices
+from napari_metseg.preprocess import PreparedCase, prepare_case
 from napari_metseg.presence import Presence, presence_flags
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 
@@ -231,7 +206,7 @@ def finetune(
         reference = (
             cache.base_probability()
             if cache
-            else _predict(base, None, prepared, device, progress, cancel)
+            else predict(base, None, prepared, device, progress, cancel)
         )
     timings = {"prepare": time.perf_counter() - started}
     batches = make_batches(base, prepared, samples, config, mode, device, cache)
@@ -243,7 +218,7 @@ def finetune(
     for attempt in range(config.backoffs + 1):
         lr = config.lr / 2**attempt
         network = copy.deepcopy(model).to(device).eval()
-        stages = _Stages(
+        stages = Stages(
             network,
             cache,
             prepared,
@@ -316,94 +291,3 @@ def finetune(
         timings=timings,
         cache=cache,
     )
-
-
-@dataclass
-class _Stage:
-    """The network's prediction after ``steps`` steps and how it answers the round."""
-
-    steps: int
-    probability: np.ndarray
-    growth: Growth
-    sprouted: np.ndarray
-    strokes: StrokeOutcome
-    weights: dict[str, torch.Tensor] | None = None
-
-
-class _Stages:
-    """The checks an attempt makes every ``check_every`` steps (module docstring).
-
-    :meth:`check` stops the attempt once its prediction answers every stroke
-    (finds every painted lesion, drops every marked false one): within the
-    trust region when it keeps every base candidate away from the strokes,
-    outside it at once, for a retry. :meth:`outcome` is the stage the attempt
-    ends on.
-    """
-
-    def __init__(
-        self,
-        network: MetsegNet,
-        cache: CaseContext | None,
-        prepared: PreparedCase,
-        device: torch.device,
-        reference: np.ndarray,
-        corrections: np.ndarray,
-        away: np.ndarray,
-        voxel_mm3: float,
-        trust: TrustRegion,
-        cancel: threading.Event | None,
-    ) -> None:
-        self.network, self.cache, self.prepared, self.device = network, cache, prepared, device
-        self.reference, self.corrections, self.away = reference, corrections, away
-        self.voxel_mm3, self.trust, self.cancel = voxel_mm3, trust, cancel
-        self.last: _Stage | None = None
-        self.within: _Stage | None = None
-
-    def check(self, steps: int) -> bool:
-        probability = _predict(
-            self.network, self.cache, self.prepared, self.device, no_progress, self.cancel
-        )
-        growth, sprouted = lesion_growth(
-            probability, self.reference, self.away, self.voxel_mm3, self.trust
-        )
-        strokes = stroke_outcome(self.corrections, probability, self.trust.threshold)
-        self.last = _Stage(steps, probability, growth, sprouted, strokes)
-        if growth.within:
-            self.within = self.last
-            self.within.weights = {
-                name: value.detach().clone() for name, value in self.network.state_dict().items()
-            }
-        return strokes.answered and (not growth.within or growth.lost_candidates == 0)
-
-    def outcome(self) -> _Stage:
-        """The last stage; or, when it left the trust region, the latest within it
-        (:meth:`fall_back`), unless only the last answers every stroke: that one is
-        retried with a smaller step, and the caller may fall back if no retry does better."""
-        last, within = self.last, self.within
-        if (
-            last.growth.within
-            or within is None
-            or (last.strokes.answered and not within.strokes.answered)
-        ):
-            return last
-        return self.fall_back()
-
-    def fall_back(self) -> _Stage:
-        """The latest stage within the trust region; the network is set back to it."""
-        self.network.load_state_dict(self.within.weights)
-        return self.within
-
-
-def _predict(
-    network: MetsegNet,
-    cache: CaseContext | None,
-    prepared: PreparedCase,
-    device: torch.device,
-    progress: ProgressCallback,
-    cancel: threading.Event | None,
-) -> np.ndarray:
-    """``network``'s probability of the case: decoded from the cache (fast) or segmented (full)."""
-    if cache is not None:
-        return cache.predict(network, cancel)
-    stack, _ = Segmenter(network, device).predict_prepared(prepared, progress, cancel)
-    return restore_slices(stack, prepared.native_shape)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 
+import napari_metseg.correction.stages as stages_module
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.correction import (
     LESION,
@@ -31,7 +30,6 @@ from napari_metseg.model import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 #: The module, which ``napari_metseg.correction.finetune`` (the function) hides.
-finetune_module = importlib.import_module("napari_metseg.correction.finetune")
 
 #: The blob of the hand-built case: slices 3-4, rows and columns 10-17.
 BLOB = (slice(3, 5), slice(10, 18), slice(10, 18))
@@ -215,8 +213,8 @@ def scripted_checks(monkeypatch, within: list[bool], answered: list[bool]) -> No
         calls["strokes"] += 1
         return StrokeOutcome(2, 2 if answered[index] else 1, 0, 0)
 
-    monkeypatch.setattr(finetune_module, "lesion_growth", growth)
-    monkeypatch.setattr(finetune_module, "stroke_outcome", outcome)
+    monkeypatch.setattr(stages_module, "lesion_growth", growth)
+    monkeypatch.setattr(stages_module, "stroke_outcome", outcome)
 
 
 def test_a_round_stops_at_the_first_check_that_answers_every_stroke(
@@ -245,26 +243,23 @@ def test_a_last_check_over_the_trust_region_falls_back_to_the_latest_within(
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("within", "answered", "attempts", "lr_scale"),
+    [
+        ([False, True], [True], 2, 0.5),  # the retry at half the step answers within
+        ([True, False], [False, True], 3, 1.0),  # no retry does: the first attempt's stage
+    ],
+)
 def test_an_answered_check_out_of_the_trust_region_is_retried_at_once(
-    blob_case, model, monkeypatch
+    blob_case, model, monkeypatch, within, answered, attempts, lr_scale
 ) -> None:
-    """More steps at the same size grow what the attempt sprouted; a smaller step may not."""
-    scripted_checks(monkeypatch, within=[False, True], answered=[True])
+    """More steps at the same size grow what the attempt sprouted; a smaller step may not,
+    and when no retry answers within the trust region an earlier stage within it stays."""
+    scripted_checks(monkeypatch, within=within, answered=answered)
     config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
     result = finetune(blob_case, model, strokes(), config)
-    assert result.attempts == 2 and result.steps == 10 and result.growth.within
-    assert result.lr == pytest.approx(config.for_mode("fast").lr / 2)
-
-
-def test_retries_that_all_leave_the_trust_region_fall_back_to_an_earlier_attempt(
-    blob_case, model, monkeypatch
-) -> None:
-    """An attempt retried for answering out of the trust region keeps its stage within it."""
-    scripted_checks(monkeypatch, within=[True, False], answered=[False, True])
-    config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
-    result = finetune(blob_case, model, strokes(), config)
-    assert result.attempts == 3 and result.steps == 10 and result.growth.within
-    assert result.lr == pytest.approx(config.for_mode("fast").lr)
+    assert result.attempts == attempts and result.steps == 10 and result.growth.within
+    assert result.lr == pytest.approx(config.for_mode("fast").lr * lr_scale)
     after = segment(blob_case, result.model, device="cpu")
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
 
