@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds closing the viewer waits for a cancelled worker to stop.
 SHUTDOWN_WAIT_S = 30.0
-#: Seconds between the progress reports panels show (the last always shows). A report
+#: Seconds between the progress reports panels show (a phase's first and last, at 0 and at
+#: the total, always show). A report
 #: for every step of a fast round (25 a second) rewrapped the Correct tab's status line
 #: each time, and with the tab in view the sample case's round took 18.6 s instead of
 #: 9.5 (``bench.gui_latency`` at 1600 x 1000 under xvfb).
@@ -191,7 +192,7 @@ class RunState(QObject):
 
         def progress(done: int, total: int, text: str) -> None:
             now = time.monotonic()
-            if done < total and now - shown[0] < PROGRESS_INTERVAL_S:
+            if 0 < done < total and now - shown[0] < PROGRESS_INTERVAL_S:
                 return
             shown[0] = now
             self.progressed.emit(owner, int(done), int(total), str(text))
