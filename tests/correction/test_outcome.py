@@ -9,18 +9,21 @@ from napari_metseg.correction import LESION, NOT_LESION, empty_corrections
 from napari_metseg.correction.outcome import StrokeOutcome, stroke_outcome
 
 
-def test_a_painted_lesion_counts_once_a_candidate_overlaps_or_touches_it() -> None:
+def test_a_painted_lesion_counts_once_a_candidate_covers_its_centre() -> None:
     corrections = empty_corrections((6, 20, 20))
-    corrections[2, 3:6, 3:6] = LESION  # a dab, found: a candidate overlaps it
-    corrections[2, 12:15, 12:15] = LESION  # a dab, found: a candidate lies next to it
+    corrections[2, 3:6, 3:6] = LESION  # a dab, found: a candidate covers its centre
+    corrections[2, 12:15, 12:15] = LESION  # a dab with a candidate only at its edge
     corrections[4, 3:6, 12:15] = LESION  # a dab nothing answers
+    corrections[1, 8, 2:9] = LESION  # a stroke, found at its middle
     probability = np.zeros((6, 20, 20), dtype=np.float32)
-    probability[2, 4, 4] = 0.5
-    probability[3, 15, 15] = 0.2  # diagonal neighbour of the second dab
-    probability[4, 10, 4] = 0.09  # under the threshold
+    probability[2, 3:5, 3:5] = 0.5
+    probability[2, 14, 14] = 0.9
+    probability[3, 13, 13] = 0.2  # beside the second dab's centre, one slice up
+    probability[4, 4, 13] = 0.09  # under the threshold
+    probability[1, 7:10, 4:7] = 0.3
     outcome = stroke_outcome(corrections, probability)
-    assert (outcome.painted, outcome.found) == (3, 2)
-    assert outcome.summary() == "the model finds 2 of 3 painted lesions"
+    assert (outcome.painted, outcome.found) == (4, 2)
+    assert outcome.summary() == "the model finds 2 of 4 painted lesions"
 
 
 def test_a_marked_false_positive_is_gone_only_without_any_voxel_left() -> None:
