@@ -229,6 +229,7 @@ def finetune(
             case.geometry.voxel_volume,
             config.trust,
             cancel,
+            retry_left=attempt < config.backoffs,
         )
         losses = train_steps(
             network, batches, config, lr, config.iterations, rng, progress, cancel, stages.check

@@ -59,8 +59,11 @@ class Stages:
     :meth:`check` stops the attempt once its prediction answers every stroke
     (finds every painted lesion, drops every marked false one): within the
     trust region when it keeps every base candidate away from the strokes,
-    outside it at once, for a retry. :meth:`outcome` is the stage the attempt
-    ends on.
+    outside it at once, for a retry, unless ``retry_left`` is False (the last
+    attempt runs on: with ``check_every`` 50 the sample case's dab was answered
+    out of the region at step 50 in all three attempts and the round was
+    refused; running on, the last was within it at step 200). :meth:`outcome`
+    is the stage the attempt ends on.
     """
 
     def __init__(
@@ -75,10 +78,12 @@ class Stages:
         voxel_mm3: float,
         trust: TrustRegion,
         cancel: threading.Event | None,
+        retry_left: bool = True,
     ) -> None:
         self.network, self.cache, self.prepared, self.device = network, cache, prepared, device
         self.reference, self.corrections, self.away = reference, corrections, away
         self.voxel_mm3, self.trust, self.cancel = voxel_mm3, trust, cancel
+        self.retry_left = retry_left
         self.last: Stage | None = None
         self.within: Stage | None = None
 
@@ -96,7 +101,9 @@ class Stages:
             self.within.weights = {
                 name: value.detach().clone() for name, value in self.network.state_dict().items()
             }
-        return strokes.answered and (not growth.within or growth.lost_candidates == 0)
+        if growth.within:
+            return strokes.answered and growth.lost_candidates == 0
+        return strokes.answered and self.retry_left
 
     def outcome(self) -> Stage:
         """The last stage; or, when it left the trust region, the latest within it
@@ -106,7 +113,7 @@ class Stages:
         if (
             last.growth.within
             or within is None
-            or (last.strokes.answered and not within.strokes.answered)
+            or (self.retry_left and last.strokes.answered and not within.strokes.answered)
         ):
             return last
         return self.fall_back()

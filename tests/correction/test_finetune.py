@@ -244,21 +244,23 @@ def test_a_last_check_over_the_trust_region_falls_back_to_the_latest_within(
 
 
 @pytest.mark.parametrize(
-    ("within", "answered", "attempts", "lr_scale"),
+    ("within", "answered", "attempts", "steps", "lr_scale"),
     [
-        ([False, True], [True], 2, 0.5),  # the retry at half the step answers within
-        ([True, False], [False, True], 3, 1.0),  # no retry does: the first attempt's stage
+        ([False, True], [True], 2, 10, 0.5),  # the retry at half the step answers within
+        ([True, False], [False, True], 3, 10, 1.0),  # no retry does: the first attempt's stage
+        ([False, False, False, True], [True], 3, 20, 0.25),  # the last attempt runs on
     ],
 )
 def test_an_answered_check_out_of_the_trust_region_is_retried_at_once(
-    blob_case, model, monkeypatch, within, answered, attempts, lr_scale
+    blob_case, model, monkeypatch, within, answered, attempts, steps, lr_scale
 ) -> None:
-    """More steps at the same size grow what the attempt sprouted; a smaller step may not,
-    and when no retry answers within the trust region an earlier stage within it stays."""
+    """More steps at the same size grow what the attempt sprouted; a smaller step may not.
+    When no retry answers within the trust region an earlier stage within it stays, and
+    the last attempt, with no retry left, runs on."""
     scripted_checks(monkeypatch, within=within, answered=answered)
     config = FinetuneConfig(mode="fast", iterations=30, check_every=10, device="cpu", **LEARN)
     result = finetune(blob_case, model, strokes(), config)
-    assert result.attempts == attempts and result.steps == 10 and result.growth.within
+    assert result.attempts == attempts and result.steps == steps and result.growth.within
     assert result.lr == pytest.approx(config.for_mode("fast").lr * lr_scale)
     after = segment(blob_case, result.model, device="cpu")
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
