@@ -96,14 +96,13 @@ class Stages:
         )
         strokes = stroke_outcome(self.corrections, probability, self.trust.threshold)
         self.last = Stage(steps, probability, growth, sprouted, strokes)
-        if growth.within:
-            self.within = self.last
-            self.within.weights = {
-                name: value.detach().clone() for name, value in self.network.state_dict().items()
-            }
-        if growth.within:
-            return strokes.answered and growth.lost_candidates == 0
-        return strokes.answered and self.retry_left
+        if not growth.within:
+            return strokes.answered and self.retry_left
+        self.within = self.last
+        self.within.weights = {
+            name: value.detach().clone() for name, value in self.network.state_dict().items()
+        }
+        return strokes.answered and growth.lost_candidates == 0
 
     def outcome(self) -> Stage:
         """The last stage; or, when it left the trust region, the latest within it
