@@ -110,6 +110,26 @@ def test_a_lesion_stroke_asks_for_one_lesion_voxel_under_it() -> None:
     assert moved == [[8, 9]]
 
 
+def test_a_painted_lesion_still_missed_pulls_as_hard_as_a_lone_one() -> None:
+    """Found painted lesions drop out of the strokes' mean: the one still missed is not
+    pulled at a fraction of a lone stroke's strength by the ones already answered."""
+    probability = torch.full((1, 12, 12), 0.01)
+    probability[0, 2, 2] = 0.95  # the first dab is answered (over stroke_target 0.9)
+    probability[0, 8, 8] = 0.3
+    both = torch.zeros(1, 12, 12, dtype=torch.uint8)
+    both[0, 1:4, 1:4] = LESION
+    both[0, 7:10, 7:10] = LESION
+    lone = both.clone()
+    lone[0, 1:4, 1:4] = 0
+    grads = []
+    for marks in (both, lone):
+        logits = logits_of(probability).requires_grad_(True)
+        correction_loss(logits, marks, torch.zeros(1, 12, 12), stroke_share=1.0).backward()
+        grads.append(logits.grad[0, :, 8, 8])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].abs().sum() > 0
+
+
 def test_a_dab_pulls_its_centre_unless_an_edge_voxel_looks_far_more_like_lesion() -> None:
     """A dab is centred on the lesion the annotator saw; an edge voxel a little more
     lesion-like than the centre is the healthy tissue around a 1-voxel lesion."""
