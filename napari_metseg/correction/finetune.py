@@ -18,7 +18,7 @@ probability is the one the caller shows: no second segmentation.
 
 An attempt is checked every ``check_every`` steps, not only at its end, and
 stops once it answers every stroke (:mod:`~napari_metseg.correction.stages`):
-a faint painted lesion needs many small steps, up to 300 in fast mode.
+a faint painted lesion needs many small steps, up to 500 in fast mode.
 
 Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
 
@@ -230,6 +230,7 @@ def finetune(
             config.trust,
             cancel,
             retry_left=attempt < config.backoffs,
+            recover_until=config.recover_until,
         )
         losses = train_steps(
             network, batches, config, lr, config.iterations, rng, progress, cancel, stages.check

@@ -198,15 +198,20 @@ def test_a_round_over_the_trust_region_is_refused_and_changes_nothing(blob_case,
         torch.testing.assert_close(tensor, before[name])
 
 
-def scripted_checks(monkeypatch, within: list[bool], answered: list[bool]) -> None:
-    """Stage checks of a round read ``within`` and ``answered`` in turn (last repeats)."""
+def scripted_checks(
+    monkeypatch, within: list[bool], answered: list[bool], lost: tuple[int, ...] = (0,)
+) -> None:
+    """Stage checks of a round read ``within``, ``answered`` and the base candidates
+    ``lost`` in turn (last repeats)."""
     calls = {"growth": 0, "strokes": 0}
 
     def growth(probability, *args):
         index = min(calls["growth"], len(within) - 1)
+        gone = lost[min(calls["growth"], len(lost) - 1)]
         calls["growth"] += 1
         allowed = 1.0 if within[index] else -1.0
-        return Growth(0.0, 0.0, allowed, 0, 0), np.zeros(probability.shape, bool)
+        reading = Growth(0.0, 0.0, allowed, 0, 0, lost_candidates=gone)
+        return reading, np.zeros(probability.shape, bool)
 
     def outcome(*args):
         index = min(calls["strokes"], len(answered) - 1)
@@ -228,6 +233,20 @@ def test_a_round_stops_at_the_first_check_that_answers_every_stroke(
     assert calls[-1][:2] == (40, 40)  # the progress bar reads done
     after = segment(blob_case, result.model, device="cpu")
     np.testing.assert_allclose(result.probability, after, atol=1e-5)
+
+
+@pytest.mark.parametrize(("lost", "steps"), [((2, 0), 20), ((2, 2, 1, 1), 30)])
+def test_an_answered_round_runs_on_to_win_back_lost_candidates_until_recover_until(
+    blob_case, model, monkeypatch, lost, steps
+) -> None:
+    """A base candidate lost away from the strokes may come back with more steps; past
+    ``recover_until`` more steps grow specks instead, and the round stops."""
+    scripted_checks(monkeypatch, within=[True], answered=[True], lost=lost)
+    config = FinetuneConfig(
+        mode="fast", iterations=40, check_every=10, recover_until=30, device="cpu", **LEARN
+    )
+    result = finetune(blob_case, model, strokes(), config)
+    assert result.steps == steps and result.attempts == 1
 
 
 def test_a_last_check_over_the_trust_region_falls_back_to_the_latest_within(
