@@ -3,7 +3,7 @@
 An attempt is checked every ``check_every`` steps, not only at its end
 (:class:`Stages`; in fast mode a check decodes the cache, 0.2 s). It stops
 once every stroke is answered within the trust region with no base candidate
-lost. A check that answers every stroke out of the trust region ends the
+lost (or any, from ``recover_until`` steps on). A check that answers every stroke out of the trust region ends the
 attempt at once, for the retry: the sample case's one dab was found in 100
 steps with two base specks of 2 voxels swollen to 3-5 (new candidates of 10
 mm^3), which 200 more steps did not shrink; the retry answered within the
@@ -24,15 +24,15 @@ of one dab each left 2 of 15 painted 1-voxel lesions under the threshold at
 300 steps with every check within the trust region (base p 0.0003-0.004,
 still rising), and found 15 of 15 at 500; a round that answers sooner stops
 sooner, so the sample case's round is unchanged. The cost falls on the
-rounds that need it: benchmark rounds took 14-36 s instead of 12-24 s.
+rounds that need it: benchmark rounds took 11-26 s instead of 9-24 s.
 An attempt that answers every stroke within the region but has lost a base
 candidate away from them runs on to win it back, up to ``recover_until``
 (300) steps: stopping there regardless was quicker but lost a lesion the
 base model found in two profiles, while running on to 500 for it grew base
 specks past 10 mm^3 (a wrong dab on healthy tissue: false positives 4.75
-per case against the base's 3.00, 3.75-4.00 at 300). Stopping as soon as the strokes' bags
-stood a logit over the threshold in the training batch (no check of the case)
-lost a lesion nobody painted as well.
+per case against the base's 3.00, 3.75-4.00 at 300). Stopping as soon as the
+strokes' bags stood a logit over the threshold in the training batch (no
+check of the case) lost a lesion nobody painted as well.
 """
 
 from __future__ import annotations
