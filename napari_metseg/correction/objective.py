@@ -7,30 +7,31 @@ term when the batch holds no mark), each term a mean over its own marks:
 
 - **Strokes** are trusted. A lesion stroke (a patch of lesion marks on one
   slice) says that a lesion lies under it, not that every voxel under it is
-  lesion: a 3x3 dab on a 1-voxel lesion is 8 voxels of healthy tissue. So
-  it costs the cross-entropy of its most lesion-like voxel (multiple-instance
+  lesion: a 3x3 dab on a 1-voxel lesion is 8 voxels of healthy tissue. So it
+  costs the cross-entropy of its most lesion-like voxel (multiple-instance
   learning), voxels near its centre preferred (:func:`stroke_peaks`), and the
   rest of the patch is left free; asking for all nine taught a round that
   healthy tissue looks like lesion. A 'not lesion' mark costs the
   cross-entropy of every voxel, and a patch of them that of its most
-  lesion-like voxel once more (a false positive must go entirely, and its
-  last voxel over the threshold keeps it a candidate). The lesion strokes' mean weighs
-  ``alpha`` times the 'not lesion' marks' mean, so a few painted voxels carry
-  ``stroke_share`` of the loss exactly as 10,000 would: the strokes dominate
-  where they are, and cannot outweigh the rest of the case by their count
-  (the first half of the runaway of issue #13 was 9 voxels weighing more than
-  a slice). A lesion stroke stops pulling once its voxel holds the class at
-  ``stroke_target`` (0.9): a painted lesion needs to pass the 0.10 candidate
-  threshold, not to reach certainty, and the pull beyond it is what spreads.
-  The lesion strokes' mean is over the strokes still pulling: a stroke
-  already answered does not dilute the pull of the one still missed, which
-  therefore never pulls harder than a lone stroke would. With the plain
+  lesion-like voxel once more (a false positive must go entirely, and its last
+  voxel over the threshold keeps it a candidate). The lesion strokes' mean
+  weighs ``alpha`` times the 'not lesion' marks' mean, so a few painted voxels
+  carry ``stroke_share`` of the loss exactly as 10,000 would: the strokes
+  dominate where they are, and cannot outweigh the rest of the case by their
+  count (the first half of the runaway of issue #13 was 9 voxels weighing more
+  than a slice). A lesion stroke stops pulling once its voxel holds the class
+  at ``stroke_target`` (0.9): a painted lesion needs to pass the 0.10
+  candidate threshold, not to reach certainty, and the pull beyond it is what
+  spreads. The lesion strokes' mean is over the strokes still pulling: a
+  stroke already answered does not dilute the pull of the one still missed,
+  which therefore never pulls harder than a lone stroke would. With the plain
   mean, the last missed lesion of five rounds pulled at a fifth of a lone
-  stroke's strength (correction benchmark, 500 steps: 14 of 15 painted
-  lesions found after five rounds, 15 of 15 with this mean; the sum over
-  strokes, five times a lone stroke's pull, was refused in a round). A 'not lesion'
-  mark stops as far under the threshold (at 0.01 for 0.10: at 0.9 of its
-  class it would sit on the threshold and stay a candidate).
+  stroke's strength (correction benchmark, 500 steps: 14 of 15 painted lesions
+  found after five rounds, 15 of 15 with this mean; with the sum over strokes,
+  up to five times a lone stroke's pull, a round of the 300-step five rounds
+  was refused). A 'not lesion' mark stops as far under the threshold (at 0.01
+  for 0.10: at 0.9 of its class it would sit on the threshold and stay a
+  candidate).
 - **Voxels near a lesion stroke** (``lesion_margin`` pixels, a square) are
   left out of the unmarked term: the painted lesion extends beyond the few
   voxels painted in it, and the teacher, which missed it, would hold it back.
@@ -223,8 +224,8 @@ def stroke_loss(
     patch of lesion marks on one slice) costs the cross-entropy of its most
     lesion-like voxel, a 'not lesion' mark that of every voxel; each term
     stops at ``target`` (a 'not lesion' mark as far under ``threshold``), and
-    the mean of the lesion strokes still pulling weighs ``alpha`` times the 'not lesion'
-    marks' mean.
+    the mean of the lesion strokes still pulling weighs ``alpha`` times the
+    'not lesion' marks' mean.
     """
     lesion = marks == LESION
     not_lesion = ~lesion & (marks != UNMARKED)

@@ -1,38 +1,38 @@
 """The checks of a fine-tuning attempt: predict the case every few steps, keep what answers.
 
 An attempt is checked every ``check_every`` steps, not only at its end
-(:class:`Stages`; in fast mode a check decodes the cache, 0.2 s). It stops
-once every stroke is answered within the trust region with no base candidate
-lost (or any, from ``recover_until`` steps on). A check that answers every stroke out of the trust region ends the
-attempt at once, for the retry: the sample case's one dab was found in 100
-steps with two base specks of 2 voxels swollen to 3-5 (new candidates of 10
-mm^3), which 200 more steps did not shrink; the retry answered within the
-region at its first check (8.7 s instead of 16). When the last check leaves the
-trust region unanswered, the attempt returns the latest check that was within
-instead of retrying, and when every retry leaves it, an earlier attempt's
-latest check within is returned. Ending an attempt at its first check out of
-the trust region whether answered or not was as quick on the sample case but
-cost five rounds of the benchmark 2 of 15 painted lesions and one refusal. A
-faint painted lesion needs many small steps: on the correction benchmark
-(bundled v7, 4 held-out phantoms, a dab on each of the two smallest missed
-lesions) the lowest painted bag logit climbed steadily, from -6 to -8 at the
-start to -1.5 to +2 after 300 steps at 3e-3. One round found 2 of 6 dabbed
-lesions at 100 steps, 5 of 6 at 200 and 6 of 6 at 300, while twice the step
-size for 150 steps found 4 of 6 and lost a lesion nobody painted: so fast mode
-takes many small steps, checked every 100. Up to 500, not 300: five rounds
-of one dab each left 2 of 15 painted 1-voxel lesions under the threshold at
-300 steps with every check within the trust region (base p 0.0003-0.004,
-still rising), and found 15 of 15 at 500; a round that answers sooner stops
-sooner, so the sample case's round is unchanged. The cost falls on the
-rounds that need it: benchmark rounds took 11-26 s instead of 9-24 s.
-An attempt that answers every stroke within the region but has lost a base
-candidate away from them runs on to win it back, up to ``recover_until``
-(300) steps: stopping there regardless was quicker but lost a lesion the
-base model found in two profiles, while running on to 500 for it grew base
-specks past 10 mm^3 (a wrong dab on healthy tissue: false positives 4.75
-per case against the base's 3.00, 3.75-4.00 at 300). Stopping as soon as the
-strokes' bags stood a logit over the threshold in the training batch (no
-check of the case) lost a lesion nobody painted as well.
+(:class:`Stages`; in fast mode a check decodes the cache, 0.2 s). It stops once
+every stroke is answered within the trust region with no base candidate lost
+(or any, from ``recover_until`` steps on). A check that answers every stroke
+out of the trust region ends the attempt at once, for the retry: the sample
+case's one dab was found in 100 steps with two base specks of 2 voxels swollen
+to 3-5 (new candidates of 10 mm^3), which 200 more steps did not shrink; the
+retry answered within the region at its first check (8.7 s instead of 16). When
+the last check leaves the trust region unanswered, the attempt returns the
+latest check that was within instead of retrying, and when every retry leaves
+it, an earlier attempt's latest check within is returned. Ending an attempt at
+its first check out of the trust region whether answered or not was as quick on
+the sample case but cost five rounds of the benchmark 2 of 15 painted lesions
+and one refusal. A faint painted lesion needs many small steps: on the
+correction benchmark (bundled v7, 4 held-out phantoms, a dab on each of the two
+smallest missed lesions) the lowest painted bag logit climbed steadily, from -6
+to -8 at the start to -1.5 to +2 after 300 steps at 3e-3. One round found 2 of
+6 dabbed lesions at 100 steps, 5 of 6 at 200 and 6 of 6 at 300, while twice the
+step size for 150 steps found 4 of 6 and lost a lesion nobody painted: so fast
+mode takes many small steps, checked every 100. Up to 500, not 300: five rounds
+of one dab each left 2 of 15 painted 1-voxel lesions under the threshold at 300
+steps with every check within the trust region (base p 0.0003-0.004, still
+rising), and found 15 of 15 at 500; a round that answers sooner stops sooner,
+so the sample case's round is unchanged. The cost falls on the rounds that need
+it: benchmark rounds took 11-26 s instead of 9-24 s. An attempt that answers
+every stroke within the region but has lost a base candidate away from them
+runs on to win it back, up to ``recover_until`` (300) steps: stopping there
+regardless was quicker but lost a lesion the base model found in two profiles,
+while running on to 500 for it grew base specks past 10 mm^3 (a wrong dab on
+healthy tissue: false positives 4.75 per case against the base's 3.00,
+3.75-4.00 at 300). Stopping as soon as the strokes' bags stood a logit over the
+threshold in the training batch (no check of the case) lost a lesion nobody
+painted as well.
 """
 
 from __future__ import annotations
@@ -67,14 +67,13 @@ class Stage:
 class Stages:
     """The checks an attempt makes every ``check_every`` steps (module docstring).
 
-    :meth:`check` stops the attempt once its prediction answers every stroke
-    (finds every painted lesion, drops every marked false one): within the
-    trust region when it keeps every base candidate away from the strokes or
-    has run ``recover_until`` steps, outside it at once, for a retry, unless ``retry_left`` is False (the last
-    attempt runs on: with ``check_every`` 50 the sample case's dab was answered
-    out of the region at step 50 in all three attempts and the round was
-    refused; running on, the last was within it at step 200). :meth:`outcome`
-    is the stage the attempt ends on.
+    :meth:`check` stops the attempt once its prediction answers every stroke (finds
+    every painted lesion, drops every marked false one): within the trust region when it
+    keeps every base candidate away from the strokes or has run ``recover_until`` steps,
+    outside it at once, for a retry, unless ``retry_left`` is False (the last attempt
+    runs on: with ``check_every`` 50 the sample case's dab was answered out of the
+    region at step 50 in all three attempts and the round was refused; running on, the
+    last was within it at step 200). :meth:`outcome` is the stage the attempt ends on.
     """
 
     def __init__(
@@ -89,8 +88,9 @@ class Stages:
         voxel_mm3: float,
         trust: TrustRegion,
         cancel: threading.Event | None,
-        retry_left: bool = True,
-        recover_until: int = 0,
+        *,
+        retry_left: bool,
+        recover_until: int,
     ) -> None:
         self.network, self.cache, self.prepared, self.device = network, cache, prepared, device
         self.reference, self.corrections, self.away = reference, corrections, away
