@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from bench.machine import describe, matmul_gflops
 from napari_metseg.case import Case
 from napari_metseg.correction import LESION, FinetuneConfig, empty_corrections, finetune
 from napari_metseg.correction.cache import CaseContext
@@ -284,8 +283,8 @@ def main() -> None:
     }
     torch.set_num_threads(args.threads)
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {args.threads} thread(s), device {args.device}, "
+        f"machine: {describe()}, torch {torch.__version__}, {args.threads} thread(s) "
+        f"({matmul_gflops():.0f} GFLOP/s float32), device {args.device}, "
         f"mode {args.mode}, settings {args.settings or 'default'}"
     )
     model = load_model(args.model)

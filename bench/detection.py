@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,6 +54,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from bench.machine import describe, matmul_gflops
 from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.engine import Segmenter
@@ -309,9 +308,8 @@ def main() -> None:
     seeds = bench_seeds(args.cases)
     cases = [bench_case(index, seed, args.lesions) for index, seed in enumerate(seeds)]
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-        f"(shared), torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"machine: {describe()}, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads ({matmul_gflops():.0f} GFLOP/s float32)"
     )
     print(
         f"cases: seeds {seeds[0]}-{seeds[-1]}, {' / '.join(f'{s:g}' for s in SPACINGS_MM)} mm, "

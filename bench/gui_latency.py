@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -34,6 +33,7 @@ import torchvision  # noqa: F401  (before any OpenGL context: see napari_metseg.
 from qtpy.QtCore import QEventLoop, QTimer
 from qtpy.QtWidgets import QApplication
 
+from bench.machine import describe, matmul_gflops
 from napari_metseg._napari import SAMPLE_SEED, SAMPLE_SPACING
 from napari_metseg.cli.demo import sample_folder
 from napari_metseg.correction.workspace import WORKSPACES_ENV
@@ -117,8 +117,8 @@ def main() -> None:
         rows.append((f"round {index + 1}", seconds, resident_mb(), note))
 
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), napari {napari.__version__}"
+        f"machine: {describe()}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads, {matmul_gflops():.0f} GFLOP/s float32), napari {napari.__version__}"
     )
     print(f"{'step':<8} {'click->layers s':>15} {'RSS MB':>8}  note")
     for name, seconds, memory, note in rows:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.machine import describe, matmul_gflops
 from bench.preprocess import best_of
 from napari_metseg.case import Case
 from napari_metseg.cli.demo import sample_folder
@@ -174,9 +174,8 @@ def main() -> None:
     )
     folder = sample_folder()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"machine: {describe()}, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads ({matmul_gflops():.0f} GFLOP/s float32)"
         + (f", gpu {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
     )
     print(f"sample case {folder.name}: {read_case(folder).shape}, device {device}")

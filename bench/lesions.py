@@ -10,12 +10,12 @@ mixtures. Prints the best time over ``--repeat`` runs and the machine.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 
 import numpy as np
 from scipy import ndimage
 
+from bench.machine import describe
 from bench.preprocess import best_of
 from napari_metseg.lesions import lesion_table
 from napari_metseg.metrics import evaluate_case
@@ -64,10 +64,7 @@ def main() -> None:
     eval_time, result = best_of(
         args.repeat, lambda: evaluate_case(probability, truth, SPACING, threshold=0.5)
     )
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
-    )
+    print(f"machine: {describe()}, Python {platform.python_version()}")
     print(
         f"volume {SHAPE} (slice, row, col), {args.lesions} truth lesions, "
         f"{len(table)} candidates at 0.10"

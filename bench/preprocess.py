@@ -9,13 +9,13 @@ the best time per stage over ``--repeat`` runs and the machine it ran on.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 
 import numpy as np
 from scipy import ndimage
 
+from bench.machine import describe
 from napari_metseg.case import SEQUENCES, Case, Geometry
 from napari_metseg.phantom import make_phantom
 from napari_metseg.preprocess import (
@@ -81,10 +81,7 @@ def main() -> None:
     print(f"{'stage':<28}{'seconds':>10}")
     for label, seconds in rows:
         print(f"{label:<28}{seconds:>10.3f}")
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, numpy {np.__version__}"
-    )
+    print(f"machine: {describe()}, Python {platform.python_version()}, numpy {np.__version__}")
 
 
 if __name__ == "__main__":
