@@ -13,7 +13,16 @@ if TYPE_CHECKING:
 class RunControls:
     """Mixin for a panel with ``progress_bar``, ``status_label``, ``cancel_button``
     and the buttons that start work (``action_buttons``), showing the run state's
-    reports about the work it owns (``owner``)."""
+    reports about the work it owns (``owner``).
+
+    The status label says what the work is and how it ended; the reports along the
+    way (phase, step, loss) are the progress bar's own text. A label whose text
+    changes lays the dock out again, and napari's canvas with it: at two reports a
+    second that took the sample case's fast round in napari from 16.5 s to 21 s
+    (2-core AMD EPYC, software OpenGL under Xvfb), and Run from 4 s to 5-7 s. Nor
+    does a bar wait in the busy state (an animation, repainted many times a second):
+    left busy, it took Run to 54 s there.
+    """
 
     progress_bar: QProgressBar
     status_label: QLabel
@@ -33,10 +42,10 @@ class RunControls:
         for button in self.action_buttons:
             button.setEnabled(not running)
         self.cancel_button.setEnabled(running and own)
-        if running and own:
-            self.progress_bar.setRange(0, 0)
-        elif not running and self.progress_bar.maximum() == 0:
+        if running and own:  # empty until the first report: a busy bar animates, repainting
             self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("%p%")
 
     def _on_busy(self, owner: str, running: bool) -> None:
         self.set_running(running, owner == self.owner)
@@ -46,7 +55,7 @@ class RunControls:
             return
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(min(done, max(total, 1)))
-        self.status_label.setText(message)
+        self.progress_bar.setFormat(f"{message}: %p%")
 
     def _on_status(self, owner: str, text: str) -> None:
         if owner == self.owner:
