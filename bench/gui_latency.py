@@ -55,17 +55,24 @@ def click_and_wait(button, viewer: napari.Viewer, state) -> tuple[float, bool]:
     """Seconds from clicking ``button`` until its work is done and shown (the worker's
     result handler updates the layers before the worker reports finished), with Qt
     events processed meanwhile as the user's event loop does; and whether the
-    probability layer shows new data (a refused round leaves it)."""
+    probability layer shows new data (a refused round leaves it).
+
+    The loop ends on the run state's own "not busy" signal: a 10 ms timer asking
+    whether the work was done kept the main thread at a tenth of a core."""
     before = viewer.layers[PROBABILITY_LAYER].data if PROBABILITY_LAYER in viewer.layers else None
-    loop, timer = QEventLoop(), QTimer()
-    timer.timeout.connect(
-        lambda: (state.worker is None or time.perf_counter() - started > TIMEOUT_S) and loop.quit()
-    )
+    loop = QEventLoop()
+
+    def done(owner: str, running: bool) -> None:
+        if not running:
+            loop.quit()
+
+    state.busy_changed.connect(done)
+    QTimer.singleShot(int(TIMEOUT_S * 1000), loop.quit)
     started = time.perf_counter()
     button.click()
-    timer.start(10)
-    loop.exec()  # Qt's own event loop, idle between events as napari's is
-    timer.stop()
+    if state.worker is not None:
+        loop.exec()  # Qt's own event loop, idle between events as napari's is
+    state.busy_changed.disconnect(done)
     seconds = time.perf_counter() - started
     if state.worker is not None:
         raise TimeoutError(f"no result {TIMEOUT_S:.0f} s after the click")
