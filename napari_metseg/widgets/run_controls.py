@@ -18,10 +18,10 @@ class RunControls:
     The status label says what the work is and how it ended; the reports along the
     way (phase, step, loss) are the progress bar's own text. A label whose text
     changes lays the dock out again, and napari's canvas with it: at two reports a
-    second that took the sample case's fast round in napari from 16.5 s to 21 s
-    (2-core AMD EPYC, software OpenGL under Xvfb), and Run from 4 s to 5-7 s. Nor
-    does a bar wait in the busy state (an animation, repainted many times a second):
-    left busy, it took Run to 54 s there.
+    second that cost the sample case's fast round in napari a tenth of its time
+    (15.7 s against 14.1 s, four rounds each, 2-core AMD EPYC, software OpenGL
+    under Xvfb). Nor does a bar wait in the busy state, an animation repainted many
+    times a second: a bar left busy through Run took it from 4.5 s to 54 s there.
     """
 
     progress_bar: QProgressBar

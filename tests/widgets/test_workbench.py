@@ -166,7 +166,7 @@ def test_progress_is_the_bar_text_and_the_status_label_keeps_the_work_name(
     qtbot, make_napari_viewer, dock
 ) -> None:
     """A label that changes relays out the dock and napari's canvas (under software
-    OpenGL a fifth of the round's time); a busy bar repaints all the time."""
+    OpenGL a tenth of the round's time); a busy bar repaints all the time."""
     widget = dock(make_napari_viewer())
     state, panel = widget.state, widget.segment_panel
 
