@@ -30,7 +30,6 @@ import napari
 import numpy as np
 import torch
 import torchvision  # noqa: F401  (before any OpenGL context: see napari_metseg.widgets)
-from qtpy.QtCore import QEventLoop, QTimer
 from qtpy.QtWidgets import QApplication
 
 from bench.machine import describe, matmul_gflops
@@ -53,30 +52,15 @@ def resident_mb() -> float:
 
 def click_and_wait(button, viewer: napari.Viewer, state) -> tuple[float, bool]:
     """Seconds from clicking ``button`` until its work is done and shown (the worker's
-    result handler updates the layers before the worker reports finished), with Qt
-    events processed meanwhile as the user's event loop does; and whether the
-    probability layer shows new data (a refused round leaves it).
-
-    The loop ends on the run state's own "not busy" signal: a 10 ms timer asking
-    whether the work was done kept the main thread at a tenth of a core."""
+    result handler updates the layers before the worker reports finished), in Qt's
+    own event loop, idle between events as napari's is (:meth:`RunState.wait`); and
+    whether the probability layer shows new data (a refused round leaves it)."""
     before = viewer.layers[PROBABILITY_LAYER].data if PROBABILITY_LAYER in viewer.layers else None
-    loop = QEventLoop()
-
-    def done(owner: str, running: bool) -> None:
-        if not running:
-            loop.quit()
-
-    state.busy_changed.connect(done)
-    QTimer.singleShot(int(TIMEOUT_S * 1000), loop.quit)
     started = time.perf_counter()
     button.click()
-    if state.worker is not None:
-        loop.exec()  # Qt's own event loop, idle between events as napari's is
-    state.busy_changed.disconnect(done)
-    seconds = time.perf_counter() - started
-    if state.worker is not None:
+    if not state.wait(TIMEOUT_S):
         raise TimeoutError(f"no result {TIMEOUT_S:.0f} s after the click")
-    return seconds, viewer.layers[PROBABILITY_LAYER].data is not before
+    return time.perf_counter() - started, viewer.layers[PROBABILITY_LAYER].data is not before
 
 
 def missed_lesions(labels: np.ndarray) -> list[tuple[int, int, int]]:

@@ -31,6 +31,7 @@ from napari_metseg.lesions import label_components
 from napari_metseg.phantom import make_phantom
 
 IMAGES = Path(__file__).resolve().parent / "images"
+TIMEOUT_S = 600.0
 
 
 def settle(seconds: float) -> None:
@@ -41,14 +42,11 @@ def settle(seconds: float) -> None:
         time.sleep(0.02)
 
 
-def wait_for(condition, timeout_s: float = 600.0) -> float:
-    """Process Qt events until ``condition()`` holds; seconds waited."""
+def wait_for_work(state) -> float:
+    """Seconds until the workbench's running work is done and shown (:meth:`RunState.wait`)."""
     start = time.perf_counter()
-    while not condition():
-        QApplication.processEvents()
-        time.sleep(0.02)
-        if time.perf_counter() - start > timeout_s:
-            raise TimeoutError("the workbench did not finish in time")
+    if not state.wait(TIMEOUT_S):
+        raise TimeoutError("the workbench did not finish in time")
     return time.perf_counter() - start
 
 
@@ -78,7 +76,7 @@ def main() -> None:
     settle(1.0)
 
     workbench.run()
-    seconds = wait_for(lambda: state.worker is None and state.table is not None)
+    seconds = wait_for_work(state)
     print(f"click Run -> layers shown: {seconds:.1f} s, {len(state.table)} lesions")
     table = workbench.lesion_table
     if len(state.table):
@@ -88,7 +86,7 @@ def main() -> None:
 
     workbench.tabs.setCurrentIndex(2)
     workbench.explain_panel.explain()
-    seconds = wait_for(lambda: state.worker is None and workbench.explain_panel.saliency)
+    seconds = wait_for_work(state)
     print(f"saliency of the selected lesion: {seconds:.1f} s")
     settle(0.5)
     viewer.screenshot(IMAGES / "saliency.png", canvas_only=False)
@@ -100,7 +98,7 @@ def main() -> None:
     paint_missed_lesions(viewer, state)
     workbench.correction_panel.mode_combo.setCurrentIndex(1)  # fast
     workbench.correction.finetune()
-    seconds = wait_for(lambda: state.worker is None)
+    seconds = wait_for_work(state)
     print(f"fine-tune round + segmentation: {seconds:.1f} s; {state.version}")
     table.view.clearSelection()
     settle(0.5)

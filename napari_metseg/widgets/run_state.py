@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 
 from napari_metseg.case import Case, Geometry
 from napari_metseg.correction.annotation import annotated_lesions
@@ -205,6 +205,28 @@ class RunState(QObject):
         self.status.emit(owner, message)
         self.worker.start()
         return self.worker
+
+    def wait(self, timeout_s: float) -> bool:
+        """Run Qt's own event loop until the running work is done and shown; False if it
+        still runs after ``timeout_s``. For scripts that drive the workbench (benchmarks,
+        screenshots): a loop of ``processEvents`` and short sleeps holds the GIL often
+        enough to slow the worker's small steps by half."""
+        if self.worker is None:
+            return True
+        loop, timer = QEventLoop(), QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+
+        def done(owner: str, running: bool) -> None:
+            if not running:
+                loop.quit()
+
+        self.busy_changed.connect(done)
+        timer.start(int(timeout_s * 1000))
+        loop.exec()
+        timer.stop()
+        self.busy_changed.disconnect(done)
+        return self.worker is None
 
     def cancel(self) -> None:
         """Ask the running work to stop at its next checkpoint."""

@@ -6,6 +6,8 @@ napari hands a docked widget a proxy of the viewer; every test docks through
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -179,6 +181,19 @@ def test_progress_is_the_bar_text_and_the_status_label_keeps_the_work_name(
     qtbot.waitUntil(lambda: state.worker is None, timeout=TIMEOUT_MS)
     assert panel.status_label.text() == "stepping"
     assert panel.progress_bar.text() == "step 10: 100%"
+
+
+def test_wait_returns_once_the_work_is_shown_or_at_its_timeout(make_napari_viewer, dock) -> None:
+    state = dock(make_napari_viewer()).state
+    release, shown = threading.Event(), []
+    state.start("segment", "steps", "stepping", shown.append, lambda progress, cancel: "done")
+    assert state.wait(TIMEOUT_MS / 1000) and shown == ["done"] and state.worker is None
+    state.start(
+        "segment", "steps", "stepping", shown.append, lambda progress, cancel: release.wait()
+    )
+    assert not state.wait(0.2) and state.worker is not None
+    release.set()
+    assert state.wait(TIMEOUT_MS / 1000) and shown == ["done", True]
 
 
 def test_cancel_stops_the_run(qtbot, viewer_with_case, fake_engine, notifications, dock):
