@@ -160,7 +160,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--cohort", type=int, default=3, help="cases in the cohort runs")
+    parser.add_argument(
+        "--cohort", type=int, default=3, help="cases in the cohort runs (0: no cohort runs)"
+    )
     parser.add_argument(
         "--backbones", nargs="+", default=None, help="bundled, resnet50, resnet50-sparse, ..."
     )
@@ -224,14 +226,16 @@ def main() -> None:
             f"metseg segment (sample case, fresh process): {single:.2f} s = "
             f"{single / slice_time:.1f} ResNet-50 slices"
         )
-        together = cli_seconds(
-            ["segment", str(cohort), "--out", str(work / "cli_cohort")] + device_args, args.threads
-        )
-        print(
-            f"metseg segment (cohort of {args.cohort}, one process): {together:.2f} s = "
-            f"{together / single:.2f} x one single-case call"
-        )
-    if bundled is not None:
+        if args.cohort:
+            together = cli_seconds(
+                ["segment", str(cohort), "--out", str(work / "cli_cohort")] + device_args,
+                args.threads,
+            )
+            print(
+                f"metseg segment (cohort of {args.cohort}, one process): {together:.2f} s = "
+                f"{together / single:.2f} x one single-case call"
+            )
+    if bundled is not None and args.cohort:
         start = time.perf_counter()
         result = segment_cohort(cohort, bundled, work / "cohort_out", overwrite=True)
         seconds = time.perf_counter() - start
