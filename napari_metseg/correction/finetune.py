@@ -18,7 +18,7 @@ probability is the one the caller shows: no second segmentation.
 
 An attempt is checked every ``check_every`` steps, not only at its end, and
 stops once it answers every stroke (:mod:`~napari_metseg.correction.stages`):
-a faint painted lesion needs many small steps, up to 500 in fast mode.
+a faint painted lesion needs many small steps, up to 750 in fast mode.
 
 Two modes (:mod:`~napari_metseg.correction.steps` holds the optimisation):
 

@@ -22,16 +22,24 @@ step size for 150 steps found 4 of 6 and lost a lesion nobody painted: so fast
 mode takes many small steps, checked every 100. Up to 500, not 300: five rounds
 of one dab each left 2 of 15 painted 1-voxel lesions under the threshold at 300
 steps with every check within the trust region (base p 0.0003-0.004, still
-rising), and found 15 of 15 at 500; a round that answers sooner stops sooner,
-so the sample case's round is unchanged. The cost falls on the rounds that need
-it: benchmark rounds took 11-26 s instead of 9-24 s. An attempt that answers
-every stroke within the region but has lost a base candidate away from them
-runs on to win it back, up to ``recover_until`` (300) steps: stopping there
-regardless was quicker but lost a lesion the base model found in two profiles,
-while running on to 500 for it grew base specks past 10 mm^3 (a wrong dab on
-healthy tissue: false positives 4.75 per case against the base's 3.00,
-3.75-4.00 at 300). Stopping as soon as the strokes' bags stood a logit over the
-threshold in the training batch (no check of the case) lost a lesion nobody
+rising), and found 15 of 15 at 500. At 3e-3 the sample case's dab was answered
+in 100 steps with two base specks of 2 voxels swollen past 10 mm^3, and the retry
+at half the step answered within the region in 100 more (13-15 s on a 2-core AMD
+EPYC). A smaller first step answers it within the region at the first check:
+1.5e-3, 1.75e-3 and 2e-3 did (7.0-7.3 s), 2.5e-3 did not (three attempts, 36 s),
+and a warm-up from 0 to 3e-3 over 100 or 200 steps left the region in all three
+attempts. So fast mode steps at 2e-3 for up to 750 steps (3e-3 x 500 in
+distance); on the benchmark that found every painted lesion (58 of 58 over all
+profiles, 57 with 3e-3: a dabbed large lesion was answered by every attempt only
+with 4-5 new specks), and rounds that run long took 1.2-1.5 times as long. An
+attempt that answers every stroke within the region but has lost a base
+candidate away from them runs on to win it back, up to ``recover_until`` (450)
+steps: stopping there regardless was quicker but lost a lesion the base model
+found in two profiles, while running on longer grows base specks past 10 mm^3
+(a wrong dab on healthy tissue at 3e-3: false positives 4.75 per case against
+the base's 3.00 at 500 steps, 4.50 at 400, 3.75-4.00 at 300; at 2e-3, 4.50 at
+450 and 4.25 at 300, where the other profiles were not run). Stopping as soon as the strokes' bags stood a logit over
+the threshold in the training batch (no check of the case) lost a lesion nobody
 painted as well.
 """
 
