@@ -38,9 +38,9 @@ steps: stopping there regardless was quicker but lost a lesion the base model
 found in two profiles, while running on longer grows base specks past 10 mm^3
 (a wrong dab on healthy tissue at 3e-3: false positives 4.75 per case against
 the base's 3.00 at 500 steps, 4.50 at 400, 3.75-4.00 at 300; at 2e-3, 4.50 at
-450 and 4.25 at 300, where the other profiles were not run). Stopping as soon as the strokes' bags stood a logit over
-the threshold in the training batch (no check of the case) lost a lesion nobody
-painted as well.
+450 and 4.25 at 300, where the other profiles were not run). Stopping as soon
+as the strokes' bags stood a logit over the threshold in the training batch (no
+check of the case) lost a lesion nobody painted as well.
 """
 
 from __future__ import annotations
