@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from napari_metseg.correction import FinetuneConfig, Workspace
 from napari_metseg.correction.config import MODE_DEFAULTS
 from napari_metseg.correction.workspace import BASE, WORKSPACES_ENV
+from napari_metseg.widgets.path_label import PathLabel
 from napari_metseg.widgets.run_controls import RunControls
 
 
@@ -63,8 +64,7 @@ class CorrectionPanel(RunControls, QGroupBox):
             "table; then fine-tune."
         )
         self.help_label.setWordWrap(True)
-        self.root_label = QLabel()
-        self.root_label.setWordWrap(True)
+        self.root_label = PathLabel()
         self.root_button = QPushButton("Folder...")
         self.root_button.setToolTip("folder holding the per-case workspaces")
         self.layer_button = QPushButton("Corrections layer")
@@ -156,8 +156,7 @@ class CorrectionPanel(RunControls, QGroupBox):
         )
 
     def show_root(self, root: Path) -> None:
-        self.root_label.setText(str(root))
-        self.root_label.setToolTip(str(root))
+        self.root_label.set_path(str(root))
 
     def show_versions(self, workspace: Workspace | None, base_name: str) -> None:
         """Name the model in use (``base_name``: the base model's) and list the versions."""

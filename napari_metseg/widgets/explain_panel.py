@@ -42,12 +42,18 @@ from napari_metseg.widgets.run_state import RunState
 from napari_metseg.widgets.saliency_bars import AggregateCanvas
 
 #: Headers of the importance table and the columns of its frame.
+#: Column key, header, header tooltip. Headers are short: the tab is about 330 px wide,
+#: and five equal columns clipped "switched off" and "Δ confidence".
 _IMPORTANCE_COLUMNS = (
-    ("off", "switched off"),
-    ("lesions", "lesions"),
-    ("lost", "lost"),
-    ("gained", "gained"),
-    ("confidence_change", "\N{GREEK CAPITAL LETTER DELTA} confidence"),
+    ("off", "off", "the sequence switched off for this run"),
+    ("lesions", "lesions", "lesions found without it"),
+    ("lost", "lost", "lesions of the run with all present sequences that it loses"),
+    ("gained", "gained", "lesions it finds that the run with all present sequences did not"),
+    (
+        "confidence_change",
+        "\N{GREEK CAPITAL LETTER DELTA} conf.",
+        "change of the mean lesion confidence against the run with all present sequences",
+    ),
 )
 
 
@@ -82,7 +88,9 @@ class ExplainPanel(RunControls, QGroupBox):
         self.status_label.setWordWrap(True)
         self.canvas = AggregateCanvas()
         self.importance_table = QTableWidget(0, len(_IMPORTANCE_COLUMNS))
-        self.importance_table.setHorizontalHeaderLabels([h for _, h in _IMPORTANCE_COLUMNS])
+        self.importance_table.setHorizontalHeaderLabels([h for _, h, _ in _IMPORTANCE_COLUMNS])
+        for column, (_, _, tip) in enumerate(_IMPORTANCE_COLUMNS):
+            self.importance_table.horizontalHeaderItem(column).setToolTip(tip)
         self.importance_table.verticalHeader().setVisible(False)
         self.importance_table.horizontalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.Stretch
@@ -178,7 +186,7 @@ class ExplainPanel(RunControls, QGroupBox):
         self.importance_table.setRowCount(len(frame))
         for row, record in enumerate(frame.itertuples(index=False)):
             values = record._asdict()
-            for column, (key, _) in enumerate(_IMPORTANCE_COLUMNS):
+            for column, (key, _, _) in enumerate(_IMPORTANCE_COLUMNS):
                 item = QTableWidgetItem(_cell(key, values[key]))
                 item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
                 self.importance_table.setItem(row, column, item)

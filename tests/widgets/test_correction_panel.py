@@ -558,3 +558,20 @@ def test_a_run_of_a_fine_tuned_version_keeps_no_cache_and_the_round_builds_it(
     assert widget.state.version == "v001" and widget.correction._context is None
     _finetune(qtbot, widget)
     assert builds == [(True, True, True, True)]
+
+
+def test_a_long_workspace_folder_is_elided_to_one_line_and_whole_in_its_tooltip(
+    qtbot, segmented, tmp_path
+):
+    root = tmp_path / ("deeply-nested-" * 8) / "workspaces"
+    label = segmented.correction_panel.root_label
+    label.resize(160, label.height())
+    segmented.correction_panel.show_root(root)
+    shown = label.text()
+    assert label.toolTip() == str(root)
+    head, tail = shown.split("\N{HORIZONTAL ELLIPSIS}")
+    assert str(root).startswith(head) and str(root).endswith(tail) and tail
+    assert label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()
+    label.resize(4000, label.height())  # a hidden dock gets its resize event when shown
+    segmented.correction_panel.show_root(root)
+    assert label.text() == str(root)

@@ -230,7 +230,7 @@ def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
 
     def fake_saliency(case, model, present, mask, slice_index, device, progress, cancel):
         calls.append({"present": present, "mask": mask, "slice": slice_index})
-        maps = {s: np.full(case.shape, i + 1.0, np.float32) for i, s in enumerate(present)}
+        maps = {s: np.where(mask, i + 1.0, 0).astype(np.float32) for i, s in enumerate(present)}
         return SaliencyResult(maps, {s: i + 1.0 for i, s in enumerate(present)}, {0: 1.0})
 
     monkeypatch.setattr(explain_module, "compute_saliency", fake_saliency)
@@ -243,6 +243,7 @@ def test_saliency_of_the_selected_lesion_adds_overlays_and_bars(
     overlay = viewer.layers["saliency cube_pre"]
     assert overlay.colormap.map(np.array([0.0]))[0][3] == 0  # zero saliency: transparent
     assert overlay.colormap.map(np.array([1.0]))[0][3] == 1
+    assert tuple(overlay.contrast_limits) == (0.0, 3.0)  # the lesion's values, not the zeros'
     assert call["present"] == ("cube_pre", "cube_post", "flair")
     np.testing.assert_array_equal(call["mask"], viewer.layers[LESIONS_LAYER].data == 2)
     names = [f"saliency {s}" for s in call["present"]]
