@@ -41,6 +41,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         iterations=6 if smoke else int(env("ITERATIONS", "6000")),
         batch_size=2 if smoke else int(env("BATCH", "32")),
         val_interval=3 if smoke else int(env("VAL_INTERVAL", "500")),
+        val_each_off=env("VAL_EACH_OFF", "1") == "1",
         log_interval=1 if smoke else 50,
         device="cpu" if smoke else "cuda",
         out_dir=run,

@@ -28,6 +28,7 @@ if not hasattr(model, "build_model"):
 from napari_metseg.training.config import TrainConfig  # noqa: E402
 from napari_metseg.training.loop import train  # noqa: E402
 from napari_metseg.training.run import mixed_precision  # noqa: E402
+from napari_metseg.training.steps import validation_sets  # noqa: E402
 
 TINY = {
     "synthetic_train": 2,
@@ -119,6 +120,40 @@ def test_validation_keeps_the_best_model_and_writes_logs(tmp_path):
     assert (result.out_dir / "training.png").stat().st_size > 1000
     saved = json.loads((result.out_dir / "config.json").read_text())
     assert saved["val_sequences"] == ["cube_pre", "cube_post", "flair"]
+
+
+def test_validation_sets_switch_each_validation_sequence_off_in_turn():
+    config = TrainConfig(val_sequences=("cube_pre", "flair"), val_each_off=True)
+    sets = {label: present.tolist() for label, present in validation_sets(config).items()}
+    assert sets == {
+        "all": [False, True, False, True],
+        "without cube_pre": [False, False, False, True],
+        "without flair": [False, True, False, False],
+    }
+    assert list(validation_sets(TrainConfig(val_sequences=("flair",), val_each_off=True))) == [
+        "all"
+    ]  # switching the only one off would leave nothing
+
+
+def test_validation_with_each_sequence_off_keeps_the_best_mean_map(tmp_path):
+    config = tiny(
+        tmp_path,
+        iterations=4,
+        val_interval=2,
+        log_interval=2,
+        synthetic_val=1,
+        val_sequences=("cube_pre", "cube_post", "flair"),
+        val_each_off=True,
+    )
+    result = train(config)
+    validation = pd.read_csv(result.out_dir / "validation.csv")
+    each = [f"average_precision_without_{name}" for name in ("cube_pre", "cube_post", "flair")]
+    assert set(each) <= set(validation.columns)
+    means = validation[["average_precision", *each]].fillna(0.0).mean(axis=1)
+    assert validation["score"].to_numpy() == pytest.approx(means.to_numpy())
+    assert result.best_score == pytest.approx(validation["score"].max())
+    best = model.load_model(result.best_model, "cpu").metadata["training"]["validation"]
+    assert best["score"] == pytest.approx(validation["score"].max())
 
 
 def test_cancel_then_resume_continues_from_the_checkpoint(tmp_path):

@@ -64,7 +64,9 @@ class TrainConfig:
     (:mod:`napari_metseg.training.sampling`); ``flip`` left-right augmentation; AdamW
     with ``lr`` and ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
     ``batch_size`` slices per process; validation every ``val_interval`` iterations with
-    only ``val_sequences`` present (empty: all); ``seed``; ``device``; ``amp`` (mixed
+    only ``val_sequences`` present (empty: all), and with ``val_each_off`` also with each of
+    them switched off in turn, the best checkpoint then being the one with the best mean mAP
+    over those sets (:mod:`napari_metseg.training.steps`); ``seed``; ``device``; ``amp`` (mixed
     precision: float16 on CUDA, bfloat16 on a CPU with native bf16 kernels,
     :func:`~napari_metseg.training.run.mixed_precision`); ``out_dir`` for logs and
     checkpoints; ``resume`` from its checkpoint; ``log_interval`` iterations per CSV
@@ -111,6 +113,7 @@ class TrainConfig:
     batch_size: int = 8
     val_interval: int = 1000
     val_sequences: tuple[str, ...] = ()
+    val_each_off: bool = False
     seed: int = 0
     device: str = "auto"
     amp: bool = True

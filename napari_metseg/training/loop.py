@@ -58,7 +58,7 @@ from napari_metseg.training.distributed import (
 from napari_metseg.training.records import log_row, plot_run
 from napari_metseg.training.run import TrainingRun
 from napari_metseg.training.sampling import SliceSampler, slice_sources
-from napari_metseg.training.steps import learning_rate, train_step, validate, validation_presence
+from napari_metseg.training.steps import learning_rate, train_step, validate, validation_sets
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,11 @@ logger = logging.getLogger(__name__)
 class TrainResult:
     """What a run produced.
 
-    ``best_model``: model file with the best validation mAP (None without
+    ``best_model``: model file with the best validation score (None without
     validation cases); ``final_model``: the weights after the last iteration;
-    ``best_score`` / ``best_iteration``: that mAP and when; ``validations``:
-    one dict of scores per validation; ``final_loss``: mean loss of the last
+    ``best_score`` / ``best_iteration``: that score (the mAP; with ``val_each_off``
+    the mean mAP over the validation sets) and when; ``validations``: one dict of
+    scores per validation; ``final_loss``: mean loss of the last
     logged interval; ``replica_digests``: weight hashes of every process after
     training (all equal under DDP); ``seconds``: wall-clock time of the loop.
     """
@@ -197,7 +198,7 @@ def _iterate(
     rng = np.random.default_rng([config.seed, context.rank, run.iteration])
     interval_losses: list[float] = []
     final_loss = math.nan
-    val_present = validation_presence(config)
+    val_sets = validation_sets(config)
     sources = slice_sources(train_cases, context.device)
     while run.iteration < config.iterations:
         stop = cancel is not None and cancel.is_set()
@@ -220,7 +221,7 @@ def _iterate(
         if run.iteration % config.val_interval == 0 or last:
             if context.main:
                 if val_cases:
-                    validate(run, val_cases, val_present)
+                    validate(run, val_cases, val_sets)
                 run.save_checkpoint()
                 plot_run(run.out, config)
             barrier(context)
