@@ -41,9 +41,9 @@ from napari_metseg.widgets.run_controls import RunControls
 from napari_metseg.widgets.run_state import RunState
 from napari_metseg.widgets.saliency_bars import AggregateCanvas
 
-#: Headers of the importance table and the columns of its frame.
-#: Column key, header, header tooltip. Headers are short: the tab is about 330 px wide,
-#: and five equal columns clipped "switched off" and "Δ confidence".
+#: The importance table's columns: the frame's key, the header and its tooltip. Headers are
+#: short: the tab is about 330 px wide, and five equal columns clipped "switched off" and
+#: "Δ confidence".
 _IMPORTANCE_COLUMNS = (
     ("off", "off", "the sequence switched off for this run"),
     ("lesions", "lesions", "lesions found without it"),
