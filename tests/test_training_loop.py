@@ -13,18 +13,20 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from napari_metseg.cli import main
-from napari_metseg.errors import Cancelled, ReadError
+from napari_metseg.errors import Cancelled, ReadError, SequenceError
 
 model = pytest.importorskip("napari_metseg.model")
 if not hasattr(model, "build_model"):
     pytest.skip("napari_metseg.model does not provide build_model yet", allow_module_level=True)
 
+from napari_metseg.training import steps  # noqa: E402
 from napari_metseg.training.config import TrainConfig  # noqa: E402
 from napari_metseg.training.loop import train  # noqa: E402
 from napari_metseg.training.run import mixed_precision  # noqa: E402
@@ -133,6 +135,17 @@ def test_validation_sets_switch_each_validation_sequence_off_in_turn():
     assert list(validation_sets(TrainConfig(val_sequences=("flair",), val_each_off=True))) == [
         "all"
     ]  # switching the only one off would leave nothing
+
+
+def test_a_validation_set_no_case_holds_is_a_read_error_naming_it(monkeypatch):
+    def no_case(*args):
+        raise SequenceError("none of the cases holds those sequences")
+
+    monkeypatch.setattr(steps, "evaluate_network", no_case)
+    config = TrainConfig(val_each_off=True)
+    run = SimpleNamespace(network=None, context=SimpleNamespace(device="cpu"), config=config)
+    with pytest.raises(ReadError, match=r"set 'all' \(bravo, cube_pre, cube_post, flair\)"):
+        steps.validate(run, [], validation_sets(config))
 
 
 def test_validation_with_each_sequence_off_keeps_the_best_mean_map(tmp_path):

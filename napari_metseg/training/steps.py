@@ -152,7 +152,8 @@ def _evaluate(
     try:
         pooled, evaluations = evaluate_network(run.network, cases, present, run.context.device)
     except SequenceError as error:
+        names = ", ".join(np.asarray(run.config.sequences)[present])
         raise ReadError(
-            f"no validation case holds any of the sequences of validation set {label!r}"
+            f"no validation case holds any of the sequences of validation set {label!r} ({names})"
         ) from error
     return pooled, len(evaluations)
