@@ -104,17 +104,24 @@ def test_mixed_precision_on_cuda_learns_and_saves_a_cpu_loadable_model(tmp_path)
     assert next(network.parameters()).device.type == "cpu"
 
 
-def test_validation_keeps_the_best_model_and_writes_logs(tmp_path):
-    config = tiny(
-        tmp_path,
-        iterations=4,
-        val_interval=2,
-        log_interval=2,
-        synthetic_val=1,
-        val_sequences=("cube_pre", "cube_post", "flair"),
+def _validated(tmp_path: Path, **changes):
+    """A 4-step run validated twice without ``bravo``, and its ``validation.csv``."""
+    result = train(
+        tiny(
+            tmp_path,
+            iterations=4,
+            val_interval=2,
+            log_interval=2,
+            synthetic_val=1,
+            val_sequences=("cube_pre", "cube_post", "flair"),
+            **changes,
+        )
     )
-    result = train(config)
-    validation = pd.read_csv(result.out_dir / "validation.csv")
+    return result, pd.read_csv(result.out_dir / "validation.csv")
+
+
+def test_validation_keeps_the_best_model_and_writes_logs(tmp_path):
+    result, validation = _validated(tmp_path)
     assert validation["iteration"].tolist() == [2, 4]
     assert validation["best"].iloc[0]
     assert result.best_model is not None and result.best_model.exists()
@@ -149,17 +156,7 @@ def test_a_validation_set_no_case_holds_is_a_read_error_naming_it(monkeypatch):
 
 
 def test_validation_with_each_sequence_off_keeps_the_best_mean_map(tmp_path):
-    config = tiny(
-        tmp_path,
-        iterations=4,
-        val_interval=2,
-        log_interval=2,
-        synthetic_val=1,
-        val_sequences=("cube_pre", "cube_post", "flair"),
-        val_each_off=True,
-    )
-    result = train(config)
-    validation = pd.read_csv(result.out_dir / "validation.csv")
+    result, validation = _validated(tmp_path, val_each_off=True)
     each = [f"average_precision_without_{name}" for name in ("cube_pre", "cube_post", "flair")]
     assert set(each) <= set(validation.columns)
     means = validation[["average_precision", *each]].fillna(0.0).mean(axis=1)
