@@ -7,8 +7,9 @@ Run under a virtual display from the repository root::
 It opens the sample case in a 1600 x 1000 napari window, docks the workbench
 as the Plugins menu does, runs the bundled model (the lesion table docks below
 the canvas), selects the most confident lesion, computes its saliency and the
-sequences' censor-one-out importance, then paints a dab on the two largest lesions it missed and runs one fast correction round, and
-writes PNGs to ``docs/images/``. Timings are printed, so the README's figures
+sequences' censor-one-out importance, then paints a dab on the two largest
+lesions it missed and runs one fast correction round, and writes PNGs to
+``docs/images/``. Timings are printed, so the README's figures
 can be refreshed from the same script. Workspaces go to a temporary folder.
 """
 

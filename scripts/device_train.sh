@@ -20,9 +20,9 @@
 # the validation phantoms follow the training ones),
 # ITERATIONS (6000: the poly schedule's length; the time limit may stop it
 # first), BATCH (32), VAL_INTERVAL (500), VAL_EACH_OFF (1: validate with each
-# sequence switched off too and keep the best mean mAP; 0: all four only, as
-# v4-v7 were chosen; a validation then takes 5 times as long), CASES (48 training + 6 validation
-# phantoms; 56 + 7 took 163 s on 16 cores). On an H200 a step of 32 slices
+# sequence switched off too, which takes 5 times as long, and keep the best
+# mean mAP; 0: all four only, as v4-v7 were chosen), CASES (48 training + 6
+# validation phantoms; 56 + 7 took 163 s on 16 cores). On an H200 a step of 32 slices
 # takes about 0.05 s and a validation of 7 phantoms about 8 s.
 # --smoke: a tiny CPU run (2 + 1 phantoms at 32 px, 6 steps) to test the script.
 set -euo pipefail
