@@ -70,6 +70,7 @@ from napari_metseg.metrics import (
 )
 from napari_metseg.model import load_model
 from napari_metseg.phantom import make_phantom, randomised
+from napari_metseg.presence import each_one_off
 
 FIRST_SEED = 31000
 #: Offset of the seed whose generator-settings draw a case uses.
@@ -103,7 +104,10 @@ def sequence_sets(sequences: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     positives per case with all four and without ``bravo``, but 14.6, 36.9 and
     22.6 without ``cube_pre``, ``cube_post`` and ``flair``.
     """
-    return {f"all {len(sequences)}": ()} | {f"without {name}": (name,) for name in sequences}
+    return {
+        f"all {len(sequences)}" if off is None else f"without {off}": () if off is None else (off,)
+        for off, _ in each_one_off(sequences)
+    }
 
 
 def bench_seeds(n_cases: int) -> list[int]:

@@ -23,6 +23,7 @@ from napari_metseg.case import Case
 from napari_metseg.engine import segment
 from napari_metseg.errors import SequenceError
 from napari_metseg.lesions import lesion_table
+from napari_metseg.presence import each_one_off
 from napari_metseg.progress import ProgressCallback, check_cancel, no_progress
 from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 
@@ -103,7 +104,7 @@ def sequence_importance(
         raise SequenceError(
             f"sequence importance needs at least two present sequences, got {list(present)}"
         )
-    runs = [(NONE_OFF, present)] + [(off, tuple(s for s in present if s != off)) for off in present]
+    runs = [(off or NONE_OFF, subset) for off, subset in each_one_off(present)]
     rows, reference = [], None
     for step, (off, subset) in enumerate(runs):
         check_cancel(cancel)

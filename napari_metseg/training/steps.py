@@ -22,6 +22,7 @@ import torch
 from napari_metseg.errors import ReadError, SequenceError
 from napari_metseg.metrics import DatasetEvaluation
 from napari_metseg.model import apply_presence, sequence_dropout
+from napari_metseg.presence import each_one_off
 from napari_metseg.training.config import TrainConfig
 from napari_metseg.training.datasets import TrainingCase
 from napari_metseg.training.evaluation import evaluate_network
@@ -46,16 +47,12 @@ def validation_sets(config: TrainConfig) -> dict[str, np.ndarray]:
     ``val_each_off``, then ``"without <name>"`` for each of them (when at least
     two are on).
     """
-    present = np.array(
-        [not config.val_sequences or name in config.val_sequences for name in config.sequences]
-    )
-    sets = {"all": present}
-    if config.val_each_off and present.sum() > 1:
-        for index in np.flatnonzero(present):
-            sets[f"without {config.sequences[index]}"] = present & (
-                np.arange(present.size) != index
-            )
-    return sets
+    present = [name for name in config.sequences if name in (config.val_sequences or [name])]
+    runs = each_one_off(present) if config.val_each_off and len(present) > 1 else [(None, present)]
+    return {
+        "all" if off is None else f"without {off}": np.isin(config.sequences, subset)
+        for off, subset in runs
+    }
 
 
 def train_step(
