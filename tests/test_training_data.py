@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from napari_metseg.case import Geometry
 from napari_metseg.errors import ReadError
+from napari_metseg.model import ModelConfig, build_model
 from napari_metseg.preprocess import PreparedCase, PreprocessConfig
 from napari_metseg.training import datasets
 from napari_metseg.training.config import TrainConfig
@@ -21,6 +22,7 @@ from napari_metseg.training.datasets import (
     phantom_specs,
     prepare_cases,
 )
+from napari_metseg.training.mining import false_positive_slices
 from napari_metseg.training.sampling import (
     SliceSampler,
     make_batch,
@@ -203,3 +205,32 @@ def test_phantom_min_diameter_makes_training_lesions_bigger():
     assert min(component_sizes(default)) < 4 <= min(component_sizes(larger))
     config = TrainConfig().with_overrides(["phantom_min_diameter=10"])
     assert config.phantom_min_diameter == 10.0
+
+
+def test_sampler_favours_plain_slices_with_false_positives_and_leaves_lesion_slices():
+    cases = [toy_case(10, [3]), toy_case(10, [])]
+    sampler = SliceSampler(cases, oversample=10.0)
+    hard = [np.zeros(10, dtype=bool), np.zeros(10, dtype=bool)]
+    hard[0][[3, 5]] = hard[1][7] = True
+    assert sampler.favour(hard, 4.0) == 2  # the lesion slice keeps its 10
+    picks = sampler.sample(np.random.default_rng(0), 35000)
+    counts = {pick: picks.count(pick) / len(picks) for pick in [(0, 3), (0, 5), (1, 7), (1, 0)]}
+    assert counts[(0, 3)] == pytest.approx(10 / 35, abs=0.01)
+    assert counts[(0, 5)] == pytest.approx(4 / 35, abs=0.01)
+    assert counts[(1, 7)] == pytest.approx(4 / 35, abs=0.01)
+    assert counts[(1, 0)] == pytest.approx(1 / 35, abs=0.005)
+    assert sampler.favour([np.zeros(10, dtype=bool)] * 2, 10.0) == 0  # forgets the last call
+    assert sampler.probabilities.max() == pytest.approx(10 / 29)
+
+
+@pytest.mark.parametrize("bias, found", [(10.0, [0, 1, 3, 5]), (-10.0, [])])
+def test_hard_negatives_are_plain_slices_where_the_network_draws_lesion(bias, found):
+    case = toy_case(6, [2], size=32)  # slice 2 holds a lesion: not a plain slice
+    case.prepared.tissue[4] = False  # nor is a slice without tissue
+    network = build_model(ModelConfig(sequences=("a", "b"), preprocess=case.prepared.config))
+    classifier = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([0.0, bias]))
+    (hard,) = false_positive_slices(network, [case], ("a", "b"), "cpu")
+    assert np.flatnonzero(hard).tolist() == found

@@ -166,6 +166,15 @@ def test_validation_with_each_sequence_off_keeps_the_best_mean_map(tmp_path):
     assert best["score"] == pytest.approx(validation["score"].max())
 
 
+def test_hard_negatives_are_found_at_the_start_and_after_each_validation(tmp_path, caplog):
+    caplog.set_level("INFO", logger="napari_metseg.training.loop")
+    train(tiny(tmp_path, iterations=4, val_interval=2, log_interval=2, hard_negatives=10.0))
+    found = [r.getMessage() for r in caplog.records if "show a false positive" in r.getMessage()]
+    assert [message.split(":")[0] for message in found] == ["iteration 0", "iteration 2"]
+    with pytest.raises(ValueError, match="hard_negatives must be >= 0"):
+        TrainConfig(hard_negatives=-1.0)
+
+
 def test_cancel_then_resume_continues_from_the_checkpoint(tmp_path):
     cancel = threading.Event()
 

@@ -61,7 +61,10 @@ class TrainConfig:
     background labels); ``censor_rate`` / ``censor_mode`` applied to the training and
     validation truth; lesion slices ``oversample`` times as likely, and with
     ``size_aware_sampling`` more so the smaller their smallest lesion
-    (:mod:`napari_metseg.training.sampling`); ``flip`` left-right augmentation; AdamW
+    (:mod:`napari_metseg.training.sampling`); ``hard_negatives`` > 0: slices where the network
+    draws a false positive, found again at the start and after every validation, are at least
+    that times as likely as a plain slice (:mod:`napari_metseg.training.mining`; 0: off);
+    ``flip`` left-right augmentation; AdamW
     with ``lr`` and ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
     ``batch_size`` slices per process; validation every ``val_interval`` iterations with
     only ``val_sequences`` present (empty: all), and with ``val_each_off`` also with each of
@@ -105,6 +108,7 @@ class TrainConfig:
     censor_mode: str = "stochastic"
     oversample: float = 10.0
     size_aware_sampling: bool = False
+    hard_negatives: float = 0.0
     flip: bool = True
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -126,7 +130,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("synthetic_train", "synthetic_val", "context"):
+        for name in ("synthetic_train", "synthetic_val", "context", "hard_negatives"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.loss not in LOSSES:

@@ -55,6 +55,7 @@ from napari_metseg.training.distributed import (
     setup_distributed,
     weights_digest,
 )
+from napari_metseg.training.mining import false_positive_slices
 from napari_metseg.training.records import log_row, plot_run
 from napari_metseg.training.run import TrainingRun
 from napari_metseg.training.sampling import SliceSampler, slice_sources
@@ -200,6 +201,8 @@ def _iterate(
     final_loss = math.nan
     val_sets = validation_sets(config)
     sources = slice_sources(train_cases, context.device)
+    if config.hard_negatives:
+        favour_hard_negatives(run, train_cases, sampler)
     while run.iteration < config.iterations:
         stop = cancel is not None and cancel.is_set()
         if broadcast_flag(context, stop):
@@ -225,9 +228,28 @@ def _iterate(
                 run.save_checkpoint()
                 plot_run(run.out, config)
             barrier(context)
+            if config.hard_negatives and not last:
+                favour_hard_negatives(run, train_cases, sampler)
         if context.main:
             progress(run.iteration, config.iterations, f"loss {final_loss:.4f}")
     return final_loss
+
+
+def favour_hard_negatives(
+    run: TrainingRun, train_cases: list[TrainingCase], sampler: SliceSampler
+) -> None:
+    """Draw the slices where the network now draws false positives at ``hard_negatives``
+    (every process finds the same ones: its weights are the others')."""
+    started = time.perf_counter()
+    hard = false_positive_slices(run.network, train_cases, run.config.sequences, run.context.device)
+    raised = sampler.favour(hard, run.config.hard_negatives)
+    logger.info(
+        "iteration %d: %d training slices show a false positive, %d drawn more often (%.0f s)",
+        run.iteration,
+        sum(int(found.sum()) for found in hard),
+        raised,
+        time.perf_counter() - started,
+    )
 
 
 def _finish(run: TrainingRun, final_loss: float, seconds: float) -> TrainResult:

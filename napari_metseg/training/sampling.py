@@ -7,6 +7,8 @@ multiplied by ``min(SMALL_LESION_MM / d, MAX_SIZE_FACTOR)`` for the smallest
 lesion of equivalent diameter ``d`` mm it shows: a 10 mm lesion spans about
 three times as many slices and a hundred times the voxels of a 3 mm one, so
 without it a few large lesions make most of the lesion slices and loss.
+:meth:`SliceSampler.favour` makes the plain slices where the network draws
+false positives (:mod:`napari_metseg.training.mining`) likelier.
 """
 
 from __future__ import annotations
@@ -57,12 +59,22 @@ class SliceSampler:
             raise ReadError("no training slice: the training cases show no tissue")
         self.case_ids = np.concatenate(case_ids)
         self.slice_ids = np.concatenate(slice_ids)
-        weight = np.concatenate(weights)
-        self.lesion = weight > 1.0
-        self.probabilities = weight / weight.sum()
+        self.weights = np.concatenate(weights)
+        self.lesion = self.weights > 1.0
+        self.probabilities = self.weights / self.weights.sum()
 
     def __len__(self) -> int:
         return int(self.case_ids.size)
+
+    def favour(self, slices: Sequence[np.ndarray], weight: float) -> int:
+        """Draw the plain slices among ``slices`` (per case, bool ``(n_slices,)``) ``weight``
+        times as often as the other plain slices; lesion slices keep their weight, and what
+        an earlier call favoured is forgotten. Returns how many drawable slices that is."""
+        starts = np.cumsum([0] + [case.size for case in slices])[:-1]
+        chosen = np.concatenate(slices)[starts[self.case_ids] + self.slice_ids] & ~self.lesion
+        weights = np.where(chosen, weight, self.weights)
+        self.probabilities = weights / weights.sum()
+        return int(np.count_nonzero(chosen))
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> list[tuple[int, int]]:
         """``batch_size`` ``(case, slice)`` pairs drawn with replacement."""
