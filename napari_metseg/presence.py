@@ -49,7 +49,10 @@ def presence_flags(sequences: Sequence[str], present: Presence) -> dict[str, boo
 
 def each_one_off(present: Sequence[str]) -> list[tuple[str | None, tuple[str, ...]]]:
     """``(switched off, sequences on)``: ``(None, present)``, then each of ``present`` off in
-    turn, in its order. The censor-one-out sets of METHOD.md's sequence ranking, which the
-    importance study, the training's validation and the detection bench all run."""
+    turn, in its order (none when it is the only one: that would leave nothing on). The
+    censor-one-out sets of METHOD.md's sequence ranking, which the importance study, the
+    training's validation and hard negatives, and the detection bench all run."""
     present = tuple(present)
+    if len(present) < 2:
+        return [(None, present)]
     return [(None, present)] + [(off, tuple(s for s in present if s != off)) for off in present]

@@ -21,7 +21,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from napari_metseg.engine import Segmenter
@@ -30,12 +29,9 @@ from napari_metseg.thresholds import CANDIDATE_THRESHOLD
 from napari_metseg.training.datasets import TrainingCase
 from napari_metseg.training.evaluation import EVALUATION_BATCH
 
-#: Pixels (network grid) a false positive must hold on a slice to count: one stray pixel
-#: at the threshold is noise, a candidate of the 10 mm^3 the false-positive count uses
-#: covers a few.
+#: Pixels (network grid) at the threshold a slice must hold to count: one stray pixel is
+#: noise, a candidate of the 10 mm^3 the false-positive count uses covers a few.
 MIN_PIXELS = 4
-#: Pixels around the truth, in plane, that are not a false positive (a lesion's blurred rim).
-TRUTH_MARGIN = 2
 
 
 def false_positive_slices(
@@ -45,23 +41,20 @@ def false_positive_slices(
     device: torch.device | str,
     threshold: float = CANDIDATE_THRESHOLD,
 ) -> list[np.ndarray]:
-    """Per case, bool ``(n_slices,)``: slices without lesion where ``network`` puts
-    ``MIN_PIXELS`` or more pixels at ``threshold`` or above farther than ``TRUTH_MARGIN``
-    pixels from the truth (a lesion on a neighbouring slice blurs into this one), with the
-    case's ``sequences`` (channel order) or with any one of them switched off. Leaves
-    ``network`` in eval mode."""
+    """Per case, bool ``(n_slices,)``: the tissue slices without lesion where ``network``
+    puts ``MIN_PIXELS`` or more pixels at ``threshold`` or above, with the case's
+    ``sequences`` (channel order) or with any one of them switched off. Leaves ``network``
+    in eval mode."""
     segmenter = Segmenter(network, device, EVALUATION_BATCH)
-    ring = np.ones((1, 2 * TRUTH_MARGIN + 1, 2 * TRUTH_MARGIN + 1), dtype=bool)
     hard = []
     for case in cases:
-        outside = ~ndimage.binary_dilation(case.mask, structure=ring)
         found = np.zeros(case.mask.shape[0], dtype=bool)
         own = list(np.asarray(sequences)[case.present])
         plain = replace(case.prepared, tissue=case.tissue & ~case.lesion_slices)
-        for _, subset in each_one_off(own) if len(own) > 1 else [(None, own)]:
+        for _, subset in each_one_off(own):
             flags = np.isin(sequences, subset)
             probability, _ = segmenter.predict_prepared(replace(plain, present=flags))
-            pixels = np.count_nonzero((probability >= threshold) & outside, axis=(1, 2))
+            pixels = np.count_nonzero(probability >= threshold, axis=(1, 2))
             found |= pixels >= MIN_PIXELS
         hard.append(found)
     return hard

@@ -48,7 +48,7 @@ def validation_sets(config: TrainConfig) -> dict[str, np.ndarray]:
     two are on).
     """
     present = [name for name in config.sequences if name in (config.val_sequences or [name])]
-    runs = each_one_off(present) if config.val_each_off and len(present) > 1 else [(None, present)]
+    runs = each_one_off(present) if config.val_each_off else [(None, present)]
     return {
         "all" if off is None else f"without {off}": np.isin(config.sequences, subset)
         for off, subset in runs
