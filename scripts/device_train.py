@@ -42,6 +42,7 @@ def settings(smoke: bool, run: str) -> TrainConfig:
         batch_size=2 if smoke else int(env("BATCH", "32")),
         val_interval=3 if smoke else int(env("VAL_INTERVAL", "500")),
         val_each_off=env("VAL_EACH_OFF", "1") == "1",
+        hard_negatives=float(env("HARD_NEGATIVES", "0")),
         log_interval=1 if smoke else 50,
         device="cpu" if smoke else "cuda",
         out_dir=run,

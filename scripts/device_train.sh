@@ -21,7 +21,10 @@
 # ITERATIONS (6000: the poly schedule's length; the time limit may stop it
 # first), BATCH (32), VAL_INTERVAL (500), VAL_EACH_OFF (1: validate with each
 # sequence switched off too, which takes 5 times as long, and keep the best
-# mean mAP; 0: all four only, as v4-v7 were chosen), CASES (48 training + 6
+# mean mAP; 0: all four only, as v4-v7 were chosen), HARD_NEGATIVES (0: off;
+# w > 0: plain slices where the network draws a false positive, found at the
+# start and after every validation, are w times as likely as other plain
+# slices; finding them runs the training phantoms 5 times), CASES (48 training + 6
 # validation phantoms; 56 + 7 took 163 s on 16 cores). On an H200 a step of 32 slices
 # takes about 0.05 s and a validation of 7 phantoms about 8 s.
 # --smoke: a tiny CPU run (2 + 1 phantoms at 32 px, 6 steps) to test the script.
@@ -50,7 +53,8 @@ started=$(date +%s)
 "$PY" scripts/device_train.py "$SMOKE" "$LIMIT" "$RUN" 2>&1 | tee "$OUT/train.log"
 cp "$RUN/log.csv" "$OUT/log.csv" 2>/dev/null || true
 settings=""
-for name in TOTAL ITERATIONS BATCH VAL_INTERVAL VAL_EACH_OFF CASES SEED LR DECODER HEAD STRIDE INIT; do
+for name in TOTAL ITERATIONS BATCH VAL_INTERVAL VAL_EACH_OFF HARD_NEGATIVES CASES SEED LR \
+    DECODER HEAD STRIDE INIT; do
     [[ -n ${!name:-} ]] && settings+="$name=${!name} "
 done
 "$PY" scripts/bundle_model.py "$RUN" "${settings}bash scripts/device_train.sh $*" "$OUT/model"
