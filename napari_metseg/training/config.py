@@ -61,10 +61,10 @@ class TrainConfig:
     background labels); ``censor_rate`` / ``censor_mode`` applied to the training and
     validation truth; lesion slices ``oversample`` times as likely, and with
     ``size_aware_sampling`` more so the smaller their smallest lesion
-    (:mod:`napari_metseg.training.sampling`); ``hard_negatives`` > 0: slices where the network
-    draws a false positive, found again at the start and after every validation, are at least
-    that times as likely as a plain slice (:mod:`napari_metseg.training.mining`; 0: off);
-    ``flip`` left-right augmentation; AdamW
+    (:mod:`napari_metseg.training.sampling`); ``hard_negatives`` > 0: plain slices where the
+    network draws a false positive, found again at the start and after every validation, are
+    that many times as likely as the other plain slices (:mod:`napari_metseg.training.mining`;
+    0: off); ``flip`` left-right augmentation; AdamW
     with ``lr`` and ``weight_decay`` under ``lr_schedule``; ``iterations`` steps of
     ``batch_size`` slices per process; validation every ``val_interval`` iterations with
     only ``val_sequences`` present (empty: all), and with ``val_each_off`` also with each of

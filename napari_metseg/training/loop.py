@@ -238,16 +238,17 @@ def _iterate(
 def favour_hard_negatives(
     run: TrainingRun, train_cases: list[TrainingCase], sampler: SliceSampler
 ) -> None:
-    """Draw the slices where the network now draws false positives at ``hard_negatives``
-    (every process finds the same ones: its weights are the others')."""
+    """Draw the plain slices where the network now draws a false positive ``hard_negatives``
+    times as often as the others (every process finds the same ones: its weights are the
+    others')."""
     started = time.perf_counter()
     hard = false_positive_slices(run.network, train_cases, run.config.sequences, run.context.device)
-    raised = sampler.favour(hard, run.config.hard_negatives)
     logger.info(
-        "iteration %d: %d training slices show a false positive, %d drawn more often (%.0f s)",
+        "iteration %d: %d plain training slices show a false positive, drawn %g times as "
+        "often (found in %.0f s)",
         run.iteration,
-        sum(int(found.sum()) for found in hard),
-        raised,
+        sampler.favour(hard, run.config.hard_negatives),
+        run.config.hard_negatives,
         time.perf_counter() - started,
     )
 
